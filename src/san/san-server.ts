@@ -15,7 +15,7 @@ import { mkdirSync, readFileSync, existsSync, unlinkSync, writeFileSync, statSyn
 import { join } from 'node:path';
 import { SimulatedSan, nexusId } from './san.js';
 import type { SanConfig } from './config.js';
-import { MpathFrameDecoder, encodeMessage, DEFAULT_MAX_COMMAND_BYTES } from '../mpath/mpathcmd-framing.js';
+import { MpathFrameDecoder, encodeMessage, MULTIPATHD_MAX_COMMAND_BYTES } from '../mpath/mpathcmd-framing.js';
 import { readJsonLines, writeJsonLine } from '../util/ndjson.js';
 import { writeFileAtomicSync } from '../util/atomic-file.js';
 import { fromHex, hex } from '../scsi/bytes.js';
@@ -216,7 +216,7 @@ function writeHostTopology(dir: string, san: SimulatedSan, host: string): void {
 }
 
 function serveMultipathd(san: SimulatedSan, host: string, socket: Socket, log: (l: string) => void): void {
-  const decoder = new MpathFrameDecoder({ maxMessageBytes: DEFAULT_MAX_COMMAND_BYTES, structure: 'multipathd command' });
+  const decoder = new MpathFrameDecoder({ maxMessageBytes: MULTIPATHD_MAX_COMMAND_BYTES, structure: 'multipathd command' });
   let chain = Promise.resolve();
   socket.on('data', (chunk: Buffer) => {
     const step = decoder.feed(chunk);
