@@ -368,6 +368,15 @@ export class PrDeviceServer {
       case Opcode.READ_12:
       case Opcode.READ_16:
         return good(new Uint8Array(transferBlocks(cdb) * this.identity.blockSize));
+      case Opcode.RESERVE_6:
+        // SPC-4 5.13.3 (CRH=1): under a persistent reservation RESERVE(6) from a registrant
+        // completes with GOOD and changes nothing; from anyone else it conflicts. SPC-2
+        // reservations are not modelled, so without a persistent reservation it is a GOOD no-op.
+        if (this.holder && !this.registrationOf(n.spec.id)) return reservationConflict();
+        return good();
+      case Opcode.RELEASE_6:
+        // SPC-4 5.13.3 (CRH=1): RELEASE(6) never releases a persistent reservation: GOOD, no effect.
+        return good();
       case Opcode.WRITE_6:
       case Opcode.WRITE_10:
       case Opcode.WRITE_12:
@@ -664,11 +673,11 @@ export class PrDeviceServer {
     if (o.specIPt) return lio ? INVALID_PARAM() : INVALID_CDB(); // LIO 10
     if (lio && reg.allTgPt && !o.allTgPt) return INVALID_CDB(); // LIO 9
     if (saKey !== 0n) {
+      // One registration per initiator port: the key changes on every target port. The siblings
+      // are found by the old key, so collect them before the key changes.
+      const siblings = !lio && reg.allTgPt ? this.allTgPtSiblings(reg) : [];
       reg.key = saKey;
-      if (!lio && reg.allTgPt) {
-        // One registration per initiator port: the key changes on every target port.
-        for (const sib of this.allTgPtSiblings(reg)) sib.key = saKey;
-      }
+      for (const sib of siblings) sib.key = saKey;
       this.bumpGeneration();
       this.aptplActive = o.aptpl;
       return good();
@@ -811,8 +820,11 @@ export class PrDeviceServer {
       if (h && allReg && saKey === 0n) {
         this.clearHolder();
         if (this.registrations.includes(reg)) this.makeHolder(reg, type, scopeRaw);
-      } else if (h && !this.registrations.includes(h)) {
-        // The holder lost its registration: its reservation goes with it (SPC-4 5.13.11.1).
+      } else if (this.holder && !this.registrations.includes(this.holder)) {
+        // The holder lost its registration: its reservation goes with it (SPC-4 5.13.11.1). Under
+        // All Registrants freeRegistration has already passed the reservation to a remaining
+        // registrant, which must keep it (spc4r17 5.7.11.4.4: removing registrations leaves an all
+        // registrants reservation with the registrants that are left).
         this.clearHolder();
       }
       if (abort && preempted.length > 0) this.onAbortTasks?.(preempted);
