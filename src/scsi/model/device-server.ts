@@ -27,7 +27,7 @@ import { encodeCapabilities, encodeReadFullStatus, encodeReadKeys, encodeReadRes
 import { decodePrOutParams, isParameterListLengthError } from '../prout-params.js';
 import { checkCondition, good, reservationConflict } from '../outcome.js';
 import { decodeTransportId, formatTransportId, transportIdEquals } from '../transport-id.js';
-import { readU16, readU32, readU64 } from '../bytes.js';
+import { fromHex, readU16, readU32, readU64 } from '../bytes.js';
 import { isPrmuxError } from '../../errors.js';
 import type { ScsiOutcome, TransportId } from '../types.js';
 
@@ -522,7 +522,6 @@ export class PrDeviceServer {
       return one.subarray(8);
     });
     let additional = 0;
-    let total = 0;
     const included: Uint8Array[] = [];
     for (const d of descriptors) {
       const tidLength = d.length - 24;
@@ -530,8 +529,7 @@ export class PrDeviceServer {
       included.push(d);
       additional += d.length;
     }
-    total = 8 + additional;
-    const out = new Uint8Array(total);
+    const out = new Uint8Array(8 + additional);
     const dv = new DataView(out.buffer);
     dv.setUint32(0, this.generation);
     dv.setUint32(4, additional);
@@ -1014,7 +1012,7 @@ export class PrDeviceServer {
       data[3] = this.identity.serial.length;
       writeAscii(data, 4, this.identity.serial.length, this.identity.serial);
     } else if (page === 0x83) {
-      const naa = hexBytes(this.identity.naa);
+      const naa = fromHex(this.identity.naa);
       data = new Uint8Array(8 + naa.length);
       data[1] = 0x83;
       data[3] = 4 + naa.length;
@@ -1054,12 +1052,6 @@ function transferBlocks(cdb: Uint8Array): number {
 
 function writeAscii(out: Uint8Array, offset: number, width: number, text: string): void {
   for (let i = 0; i < width; i++) out[offset + i] = i < text.length ? text.charCodeAt(i) & 0x7f : 0x20;
-}
-
-function hexBytes(h: string): Uint8Array {
-  const out = new Uint8Array(h.length >> 1);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(h.slice(2 * i, 2 * i + 2), 16);
-  return out;
 }
 
 function hex2(n: number): string {
