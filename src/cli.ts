@@ -6,9 +6,107 @@ import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { runFenceDemo } from './demo/fence-demo.js';
+import { runServeDemo } from './demo/serve-demo.js';
 import { defaultSanConfig, parseSanConfig } from './san/config.js';
 import { startSanServer } from './san/san-server.js';
 import { JsonLineClient } from './san/client.js';
+import { type ServeOptions, type ServeProcess, DEFAULT_PIDFILE, DEFAULT_SOCKET, startServe } from './serve/serve.js';
+import { sizeUvThreadpool } from './sgio/sg-io.js';
+
+/** SG_IO runs on the libuv pool: one thread per command in flight (sized before first use). */
+const DEFAULT_SGIO_THREADS = 32;
+
+interface ServeFlags {
+  socket?: string;
+  pidfile?: string;
+  daemon?: boolean;
+  user?: string;
+  group?: string;
+  verbose: number;
+  quiet?: boolean;
+  trace?: string;
+  san?: string;
+  socketMode?: string;
+  socketGroup?: string;
+  sgioTimeout?: number;
+  sgioThreads?: number;
+}
+
+/** qemu-pr-helper's flags, then prmux's own; on `prmux serve` and on bare `prmux`. */
+function addServeOptions(cmd: Command): Command {
+  return cmd
+    .option('-k, --socket <path>', `absolute path of the unix socket (default ${DEFAULT_SOCKET})`)
+    .option('-f, --pidfile <path>', `pidfile, written with -d or when given, removed at exit (default with -d: ${DEFAULT_PIDFILE})`)
+    .option('-d, --daemon', 'run in the background; returns once the socket is served')
+    .option('-u, --user <user>', 'user to switch to after listening (keeps CAP_SYS_RAWIO and CAP_SYS_ADMIN only)')
+    .option('-g, --group <group>', 'group to switch to after listening')
+    .option('-v, --verbose', 'more messages (repeat for debug)', (_v: string, prev: number) => prev + 1, 1)
+    .option('-q, --quiet', 'errors only')
+    .option('-T, --trace <options>', "accepted for qemu-pr-helper compatibility; prmux's tracing is its debug log (-vv)")
+    .option('--san <dir/host>', 'serve simulated host HOST of a running `prmux san start --dir DIR`')
+    .option('--socket-mode <octal>', 'mode of the socket file (default 0600, or 0660 with --socket-group)')
+    .option('--socket-group <group>', 'group of the socket file, so its members (e.g. the qemu group) may connect')
+    .option('--sgio-timeout <ms>', 'timeout of each SCSI command (default 30000)', (v) => Number(v))
+    .option('--sgio-threads <n>', `SG_IO worker threads (default ${DEFAULT_SGIO_THREADS}; UV_THREADPOOL_SIZE wins)`, (v) => Number(v));
+}
+
+function serveOptionsFrom(f: ServeFlags): ServeOptions {
+  if (f.socketMode !== undefined && !/^0?[0-7]{3}$/.test(f.socketMode)) throw new CliError(`Cannot use --socket-mode ${f.socketMode}: give an octal mode such as 0660`);
+  if (f.sgioTimeout !== undefined && !(Number.isInteger(f.sgioTimeout) && f.sgioTimeout >= 1)) throw new CliError('Cannot use --sgio-timeout: give a positive number of milliseconds');
+  return {
+    ...(f.socket !== undefined ? { socket: f.socket } : {}),
+    ...(f.pidfile !== undefined ? { pidfile: f.pidfile } : {}),
+    ...(f.daemon === true ? { daemon: true } : {}),
+    ...(f.user !== undefined ? { user: f.user } : {}),
+    ...(f.group !== undefined ? { group: f.group } : {}),
+    verbosity: f.quiet === true ? 0 : f.verbose,
+    ...(f.san !== undefined ? { san: f.san } : {}),
+    ...(f.socketMode !== undefined ? { socketMode: Number.parseInt(f.socketMode, 8) } : {}),
+    ...(f.socketGroup !== undefined ? { socketGroup: f.socketGroup } : {}),
+    ...(f.sgioTimeout !== undefined ? { sgioTimeoutMs: f.sgioTimeout } : {}),
+  };
+}
+
+class CliError extends Error {}
+
+function realServeProcess(io: CliIo): ServeProcess {
+  return {
+    pid: process.pid,
+    env: process.env,
+    execPath: process.execPath,
+    execArgv: process.execArgv,
+    argv: process.argv.slice(1),
+    stderr: io.err,
+    onStopSignal: (fn) => {
+      const handlers = (['SIGTERM', 'SIGINT', 'SIGHUP'] as const).map((sig) => {
+        const h = () => fn(sig);
+        process.on(sig, h);
+        return [sig, h] as const;
+      });
+      return () => {
+        for (const [sig, h] of handlers) process.off(sig, h);
+      };
+    },
+  };
+}
+
+async function runServeCommand(flags: ServeFlags, io: CliIo): Promise<number> {
+  let options: ServeOptions;
+  try {
+    options = serveOptionsFrom(flags);
+  } catch (e) {
+    io.err(`prmux: ${(e as Error).message}`);
+    return 1;
+  }
+  sizeUvThreadpool(flags.sgioThreads ?? DEFAULT_SGIO_THREADS, process.env);
+  try {
+    const handle = await startServe(options, realServeProcess(io));
+    return await handle.done;
+  } catch (e) {
+    io.err(`prmux: ${(e as Error).message}`);
+    return 1;
+  }
+}
 
 export interface CliIo {
   readonly out: (line: string) => void;
@@ -20,12 +118,39 @@ export function buildProgram(io: CliIo, setExitCode: (code: number) => void): Co
     .description('Multipath-aware SCSI persistent-reservation proxy for QEMU pr-manager-helper clients')
     .version('0.1.0', '-V, --version')
     .configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) })
-    .exitOverride();
+    .exitOverride()
+    // Root options (bare `prmux -k ...`) only before a subcommand, so `prmux serve -k ...` reaches serve.
+    .enablePositionalOptions();
+  addServeOptions(program).action(async (flags: ServeFlags) => {
+    setExitCode(await runServeCommand(flags, io));
+  });
+  addServeOptions(program.command('serve').description('serve the pr-manager-helper protocol (the drop-in for qemu-pr-helper; also what bare `prmux` does)')).action(
+    async (flags: ServeFlags) => {
+      setExitCode(await runServeCommand(flags, io));
+    },
+  );
   program
     .command('demo')
-    .description('run a fence_scsi-style scenario on a simulated logical unit and print every step')
-    .action(() => {
-      setExitCode(runFenceDemo(io.out) ? 0 : 1);
+    .description('start a simulated SAN and prmux serve on it, run a fence_scsi scenario through the sockets, then keep serving')
+    .option('--once', 'exit after the scenario')
+    .option('--dir <dir>', 'directory for the SAN and the sockets (default: a new temporary directory, removed at exit)')
+    .option('--model', 'only replay the scenario on the in-memory SPC-4/LIO model (no SAN, no sockets)')
+    .action(async (o: { once?: boolean; dir?: string; model?: boolean }) => {
+      if (o.model === true) {
+        setExitCode(runFenceDemo(io.out) ? 0 : 1);
+        return;
+      }
+      const stopRequested = () =>
+        new Promise<string>((resolveStop) => {
+          const h = (sig: string) => {
+            process.off('SIGINT', h);
+            process.off('SIGTERM', h);
+            resolveStop(sig);
+          };
+          process.on('SIGINT', h);
+          process.on('SIGTERM', h);
+        });
+      setExitCode(await runServeDemo({ ...(o.dir !== undefined ? { dir: resolve(o.dir) } : {}), once: o.once === true }, { out: io.out, err: io.err, stopRequested }));
     });
   const san = program.command('san').description('the simulated multipath SAN');
   san
@@ -99,7 +224,9 @@ const invokedDirectly = process.argv[1] !== undefined && import.meta.url === new
 if (invokedDirectly) {
   main(process.argv.slice(2), { out: (l) => process.stdout.write(l + '\n'), err: (l) => process.stderr.write(l + '\n') }).then(
     (code) => {
-      process.exitCode = code;
+      // A daemon that has drained its connections is done, even if a device left an SG_IO stuck
+      // in the kernel: exit explicitly rather than wait on it.
+      process.exit(code);
     },
     (e: unknown) => {
       process.stderr.write(`prmux: ${e instanceof Error ? e.message : String(e)}\n`);

@@ -7,7 +7,7 @@
 // about one frame of input; writes that the peer does not take are buffered up to
 // maxWriteBufferBytes, beyond which the session stops dispatching (and so stops reading).
 
-import { lstatSync, chmodSync, unlinkSync } from 'node:fs';
+import { lstatSync, chmodSync, chownSync, unlinkSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { ErrorCode, PrmuxError, type ProtocolError } from '../errors.js';
 import { type Logger, nullLogger } from './logger.js';
@@ -45,6 +45,8 @@ export interface PrHelperServerOptions {
   readonly path?: string;
   /** An already listening unix stream socket, e.g. fd 3 from systemd socket activation. */
   readonly listenFd?: number;
+  /** With listenFd: the socket file behind it that this server owns and removes on close (if still the same file). */
+  readonly ownedSocket?: BoundSocket;
   /** chmod of the socket file after bind (path only), e.g. 0o660. */
   readonly socketMode?: number;
   /** Serves one command; owns `request.fd` and must close it. */
@@ -97,6 +99,75 @@ function probe(path: string): Promise<'live' | 'stale' | 'absent'> {
   });
 }
 
+/** A bound, listening socket file: the fd and the file's identity (to remove it only if still ours). */
+export interface BoundSocket {
+  readonly fd: number;
+  readonly path: string;
+  readonly dev: number;
+  readonly ino: number;
+}
+
+export interface BindOptions {
+  readonly backlog?: number;
+  /** Final mode of the socket file. Default 0600: only the owner (root, or -u) may connect. */
+  readonly mode?: number;
+  /** Group to give the socket file (with mode 0660, members may connect). */
+  readonly gid?: number;
+  readonly logger?: Logger | null;
+}
+
+/**
+ * Bind and listen on `path` the way the stock helper does, hardened: the path must be absolute; a
+ * stale socket file (nobody answers) is replaced; a socket a live server answers on is never
+ * taken over; anything else at the path is left alone and refused. The file is created with
+ * umask 0177 so no one else can connect before its final mode and group are set.
+ */
+export async function bindPrHelperSocket(path: string, opts: BindOptions = {}): Promise<BoundSocket> {
+  const log = opts.logger ?? nullLogger;
+  if (!path.startsWith('/')) throw new PrmuxError(ErrorCode.CONFIG, `Cannot listen on ${path}: the socket path must be absolute`);
+  let isSocket = false;
+  let exists = true;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    exists = false;
+  }
+  if (exists) {
+    if (!isSocket) throw new PrmuxError(ErrorCode.CONFIG, `Cannot listen on ${path}: it exists and is not a socket`);
+    const state = await probe(path);
+    if (state === 'live') throw new PrmuxError(ErrorCode.CONFIG, `Cannot listen on ${path}: a live server answers there`);
+    if (state === 'stale') {
+      log.info('removing stale pr-helper socket', { path });
+      unlinkSync(path);
+    }
+  }
+  const oldMask = process.umask(0o177);
+  let fd: number;
+  try {
+    fd = listenUnix(path, opts.backlog ?? DEFAULTS.backlog);
+  } catch (e) {
+    if (e instanceof SyscallError) throw new PrmuxError(ErrorCode.CONFIG, `Cannot listen on ${path}: ${e.message}`, { cause: e });
+    throw e;
+  } finally {
+    process.umask(oldMask);
+  }
+  try {
+    if (opts.gid !== undefined) chownSync(path, -1, opts.gid);
+    chmodSync(path, opts.mode ?? 0o600);
+    const st = lstatSync(path);
+    return { fd, path, dev: st.dev, ino: st.ino };
+  } catch (e) {
+    closeFd(fd);
+    try {
+      unlinkSync(path);
+    } catch {
+      // Nothing more to undo.
+    }
+    throw new PrmuxError(ErrorCode.CONFIG, `Cannot set up socket ${path}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
 class Server implements PrHelperServer {
   readonly #opts: PrHelperServerOptions;
   readonly #log: Logger;
@@ -145,13 +216,11 @@ class Server implements PrHelperServer {
     if (this.#state !== 'new') throw new PrmuxError(ErrorCode.CLOSED, `Cannot listen: the server is ${this.#state}`);
     const { path, listenFd } = this.#opts;
     if (path !== undefined) {
-      if (!path.startsWith('/')) throw new PrmuxError(ErrorCode.CONFIG, `Cannot listen on ${path}: the socket path must be absolute`);
-      await this.#clearStale(path);
-      this.#listenFd = listenUnix(path, this.#limits.backlog);
-      const st = lstatSync(path);
-      this.#bound = { path, dev: st.dev, ino: st.ino };
-      if (this.#opts.socketMode !== undefined) chmodSync(path, this.#opts.socketMode);
+      const b = await bindPrHelperSocket(path, { backlog: this.#limits.backlog, logger: this.#log, ...(this.#opts.socketMode !== undefined ? { mode: this.#opts.socketMode } : {}) });
+      this.#listenFd = b.fd;
+      this.#bound = { path: b.path, dev: b.dev, ino: b.ino };
     } else {
+      if (this.#opts.ownedSocket !== undefined) this.#bound = { ...this.#opts.ownedSocket };
       const fd = listenFd!;
       if (!isListeningUnixStream(fd)) throw new PrmuxError(ErrorCode.CONFIG, `Cannot listen on fd ${fd}: it is not a listening unix stream socket`);
       setNonBlocking(fd);
@@ -160,23 +229,6 @@ class Server implements PrHelperServer {
     this.#state = 'listening';
     this.#listenPoll = pollFd(this.#listenFd, { readable: true }, () => this.#safely(() => this.#acceptAll()));
     this.#log.info('pr-helper server listening', { path: path ?? null, fd: this.#listenFd });
-  }
-
-  async #clearStale(path: string): Promise<void> {
-    let isSocket: boolean;
-    try {
-      isSocket = lstatSync(path).isSocket();
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw e;
-    }
-    if (!isSocket) throw new PrmuxError(ErrorCode.CONFIG, `Cannot listen on ${path}: it exists and is not a socket`);
-    const state = await probe(path);
-    if (state === 'live') throw new PrmuxError(ErrorCode.CONFIG, `Cannot listen on ${path}: a live server answers there`);
-    if (state === 'stale') {
-      this.#log.info('removing stale pr-helper socket', { path });
-      unlinkSync(path);
-    }
   }
 
   #acceptAll(): void {

@@ -62,6 +62,8 @@ const c = {
   close: libc.func('int close(int fd)'),
   shutdown: libc.func('int shutdown(int fd, int how)'),
   fcntl: libc.func('int fcntl(int fd, int cmd, ...)'),
+  dup2: libc.func('int dup2(int oldfd, int newfd)'),
+  open: libc.func('int open(const char *path, int flags, ...)'),
   getsockopt: libc.func('int getsockopt(int fd, int level, int name, _Out_ void *value, _Inout_ uint32_t *len)'),
 };
 
@@ -258,6 +260,25 @@ export function setNonBlocking(fd: number): void {
   if (flags < 0 || (c.fcntl(fd, F_SETFL, 'int', flags | O_NONBLOCK) as number) < 0) throw new SyscallError('fcntl', errno(), `O_NONBLOCK on fd ${fd}`);
   const fdFlags = c.fcntl(fd, F_GETFD, 'int', 0) as number;
   if (fdFlags < 0 || (c.fcntl(fd, F_SETFD, 'int', fdFlags | FD_CLOEXEC) as number) < 0) throw new SyscallError('fcntl', errno(), `FD_CLOEXEC on fd ${fd}`);
+}
+
+/** Set or clear FD_CLOEXEC: an fd handed to an exec'd image (the daemon, the privilege drop) must survive exec. */
+export function setCloseOnExec(fd: number, on: boolean): void {
+  const flags = c.fcntl(fd, F_GETFD, 'int', 0) as number;
+  if (flags < 0 || (c.fcntl(fd, F_SETFD, 'int', on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC) as number) < 0) {
+    throw new SyscallError('fcntl', errno(), `FD_CLOEXEC on fd ${fd}`);
+  }
+}
+
+/** Point fds 0, 1 and 2 at /dev/null, as daemon(3) does once the daemon is detached. */
+export function redirectStdioToDevNull(): void {
+  const O_RDWR = 2;
+  const fd = c.open('/dev/null', O_RDWR, 'int', 0) as number;
+  if (fd < 0) throw new SyscallError('open', errno(), '/dev/null');
+  for (const target of [0, 1, 2]) {
+    if (fd !== target && (c.dup2(fd, target) as number) < 0) throw new SyscallError('dup2', errno(), `/dev/null onto fd ${target}`);
+  }
+  if (fd > 2) c.close(fd);
 }
 
 export function shutdownWrite(fd: number): void {
