@@ -81,3 +81,34 @@ export function resolveKernelDevice(info: FdInfo, sysfsRoot = '/sys'): DeviceTar
   if (existsSync(join(node, 'device', 'scsi_device'))) return { kind: 'scsi', name, major, minor };
   return { kind: 'block', name, major, minor };
 }
+
+/**
+ * resolveKernelDevice with a short-lived cache by device number: sysfs is read once per device
+ * per `ttlMs` rather than on every command. A device number names the same device until that
+ * device goes away; the TTL bounds how long a removed-and-reused number could be misnamed.
+ */
+export class KernelDeviceResolver {
+  readonly #root: string;
+  readonly #ttlMs: number;
+  readonly #now: () => number;
+  readonly #cache = new Map<string, { target: DeviceTarget; at: number }>();
+  static readonly MAX_ENTRIES = 4096;
+
+  constructor(opts: { sysfsRoot?: string; ttlMs?: number; now?: () => number } = {}) {
+    this.#root = opts.sysfsRoot ?? '/sys';
+    this.#ttlMs = opts.ttlMs ?? 2000;
+    this.#now = opts.now ?? (() => performance.now());
+  }
+
+  resolve(info: FdInfo): DeviceTarget {
+    if (info.type !== 'block' && info.type !== 'char') return { kind: 'not-a-device', type: info.type };
+    const key = `${info.type}:${info.major}:${info.minor}`;
+    const t = this.#now();
+    const hit = this.#cache.get(key);
+    if (hit !== undefined && t - hit.at < this.#ttlMs) return hit.target;
+    const target = resolveKernelDevice(info, this.#root);
+    if (this.#cache.size >= KernelDeviceResolver.MAX_ENTRIES) this.#cache.clear();
+    this.#cache.set(key, { target, at: t });
+    return target;
+  }
+}

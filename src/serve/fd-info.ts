@@ -1,7 +1,9 @@
 // What a received device fd is: file type, device number, inode, and the access mode it was
-// opened with. The parsers are pure; inspectFd() reads fstat(2) and /proc/self/fdinfo.
+// opened with. The decoders are pure; inspectFd() calls fstat(2) and fcntl(F_GETFL) (one syscall
+// each: this runs for every command).
 
-import { fstatSync, readFileSync } from 'node:fs';
+import { fstatSync } from 'node:fs';
+import { fdStatusFlags } from '../socket/unix-fd.js';
 
 export type FdFileType = 'block' | 'char' | 'file' | 'socket' | 'fifo' | 'directory' | 'symlink' | 'other';
 export type AccessMode = 'read-only' | 'write-only' | 'read-write';
@@ -40,11 +42,9 @@ export function splitDevT(rdev: bigint): { major: number; minor: number } {
   return { major: Number(major), minor: Number(minor) };
 }
 
-/** The access mode from a /proc/<pid>/fdinfo/<fd> text ("flags:\t0100002", octal O_* flags). */
-export function parseFdinfoAccessMode(text: string): AccessMode {
-  const m = /^flags:\s*([0-7]+)\s*$/m.exec(text);
-  if (m === null) throw new Error(`Cannot read fdinfo: no flags line in ${JSON.stringify(text.slice(0, 80))}`);
-  switch (Number.parseInt(m[1]!, 8) & 3) {
+/** The access mode in open(2) flags (O_ACCMODE). */
+export function accessModeOfFlags(flags: number): AccessMode {
+  switch (flags & 3) {
     case 0:
       return 'read-only';
     case 1:
@@ -58,6 +58,6 @@ export function inspectFd(fd: number): FdInfo {
   const st = fstatSync(fd, { bigint: true });
   const type = fileTypeOfMode(st.mode);
   const { major, minor } = type === 'block' || type === 'char' ? splitDevT(st.rdev) : { major: 0, minor: 0 };
-  const accessMode = parseFdinfoAccessMode(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  const accessMode = accessModeOfFlags(fdStatusFlags(fd));
   return { fd, type, major, minor, dev: st.dev, ino: st.ino, accessMode };
 }

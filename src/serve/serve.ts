@@ -20,7 +20,7 @@ import { type BoundSocket, type PrHelperServer, bindPrHelperSocket, createPrHelp
 import { closeFd, redirectStdioToDevNull, setCloseOnExec } from '../socket/unix-fd.js';
 import { ACTIVATION_VARIABLES, socketActivation } from './activation.js';
 import type { PrBackend } from './backend.js';
-import { type DeviceTarget, resolveKernelDevice } from './device-target.js';
+import { type DeviceTarget, KernelDeviceResolver } from './device-target.js';
 import { inspectFd } from './fd-info.js';
 import { type CommandRecord, createPrRequestHandler } from './handler.js';
 import { removePidfile, writePidfile } from './pidfile.js';
@@ -238,9 +238,10 @@ export async function startServe(options: ServeOptions, proc: ServeProcess): Pro
     stats.byStatus[k] = (stats.byStatus[k] ?? 0) + 1;
     if (r.refused !== undefined) stats.refused++;
   };
+  const kernel = new KernelDeviceResolver();
   const handler = createPrRequestHandler({
     inspect: inspectFd,
-    resolve: (info): DeviceTarget => san?.map.lookup(info) ?? resolveKernelDevice(info),
+    resolve: (info): DeviceTarget => san?.map.lookup(info) ?? kernel.resolve(info),
     backendFor: (t): PrBackend => (t.kind === 'san-path' || t.kind === 'san-map' ? san!.backend : sgio),
     closeFd: (fd) => {
       closeFd(fd);

@@ -262,6 +262,13 @@ export function setNonBlocking(fd: number): void {
   if (fdFlags < 0 || (c.fcntl(fd, F_SETFD, 'int', fdFlags | FD_CLOEXEC) as number) < 0) throw new SyscallError('fcntl', errno(), `FD_CLOEXEC on fd ${fd}`);
 }
 
+/** fcntl(F_GETFL): the fd's file status flags and access mode (O_ACCMODE = 3). */
+export function fdStatusFlags(fd: number): number {
+  const flags = c.fcntl(fd, F_GETFL, 'int', 0) as number;
+  if (flags < 0) throw new SyscallError('fcntl', errno(), `F_GETFL on fd ${fd}`);
+  return flags;
+}
+
 /** Set or clear FD_CLOEXEC: an fd handed to an exec'd image (the daemon, the privilege drop) must survive exec. */
 export function setCloseOnExec(fd: number, on: boolean): void {
   const flags = c.fcntl(fd, F_GETFD, 'int', 0) as number;
