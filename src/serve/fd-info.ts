@@ -38,7 +38,7 @@ export function fileTypeOfMode(mode: bigint): FdFileType {
 /** Linux's dev_t encoding (include/linux/kdev_t.h new_decode_dev, glibc gnu_dev_major/minor). */
 export function splitDevT(rdev: bigint): { major: number; minor: number } {
   const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
-  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n);
   return { major: Number(major), minor: Number(minor) };
 }
 

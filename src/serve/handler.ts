@@ -54,7 +54,7 @@ export function createPrRequestHandler(opts: HandlerOptions): (req: PrHelperRequ
       } catch (e) {
         refused = `cannot inspect fd: ${(e as Error).message}`;
         const errno = (e as NodeJS.ErrnoException).errno;
-        answer = answerForErrno(errno !== undefined ? Math.abs(errno) : LinuxErrno.EBADF);
+        answer = answerForErrno(errno !== undefined && errno !== 0 ? Math.abs(errno) : LinuxErrno.EBADF);
         return answer;
       }
       if (opcode === Opcode.PERSISTENT_RESERVE_OUT && info.accessMode === 'read-only') {
@@ -89,8 +89,13 @@ export function createPrRequestHandler(opts: HandlerOptions): (req: PrHelperRequ
         durationMs: now() - started,
         ...(refused !== undefined ? { refused } : {}),
       };
-      log.debug('PR command', { ...record });
-      opts.onCommand?.(record);
+      try {
+        log.debug('PR command', { ...record });
+        opts.onCommand?.(record);
+      } catch (e) {
+        // An observer's failure must not cost the guest its answer.
+        log.error('PR command observer failed', { error: (e as Error).message });
+      }
     }
   };
 }

@@ -49,7 +49,8 @@ export function outcomeFromJson(v: unknown): ScsiOutcome {
 export class SanDeviceMap {
   readonly #hostDir: string;
   readonly #host: string;
-  #loadedMtime = -1;
+  /** inode, mtime (ns) and size of the topology.json last read: the SAN replaces it by rename. */
+  #loadedKey = '';
   #byInode = new Map<string, DeviceTarget>();
   #fsDev: bigint = -1n;
 
@@ -61,14 +62,15 @@ export class SanDeviceMap {
 
   #reload(force: boolean): void {
     const file = join(this.#hostDir, 'topology.json');
-    const mtime = statSync(file).mtimeMs;
-    if (!force && mtime === this.#loadedMtime) return;
+    const st = statSync(file, { bigint: true });
+    const key = `${st.ino}:${st.mtimeNs}:${st.size}`;
+    if (!force && key === this.#loadedKey) return;
     const doc = JSON.parse(readFileSync(file, 'utf8')) as TopologyDoc;
     const next = new Map<string, DeviceTarget>();
     for (const m of doc.maps) next.set(String(m.inode), { kind: 'san-map', host: this.#host, map: m.name, wwid: m.wwid, paths: m.paths });
     for (const p of doc.paths) if (!p.removed) next.set(String(p.inode), { kind: 'san-path', host: this.#host, dev: p.dev, wwid: p.wwid });
     this.#byInode = next;
-    this.#loadedMtime = mtime;
+    this.#loadedKey = key;
     this.#fsDev = statSync(join(this.#hostDir, 'dev'), { bigint: true }).dev;
   }
 

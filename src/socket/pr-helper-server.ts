@@ -21,6 +21,7 @@ import {
   acceptConnection,
   closeFd,
   errnoName,
+  fdStatusFlags,
   isListeningUnixStream,
   listenUnix,
   pollFd,
@@ -359,6 +360,13 @@ class Connection {
       onClose: (reason) => this.#onSessionClose(reason),
       closeFd: (f) => {
         closeFd(f);
+      },
+      isReadOnlyFd: (f) => {
+        try {
+          return (fdStatusFlags(f) & 3) === 0; // O_ACCMODE == O_RDONLY
+        } catch {
+          return false;
+        }
       },
       setTimer: server.setTimer,
       onResume: () => this.#updatePoll(),

@@ -106,6 +106,8 @@ export interface PrHelperSessionOptions {
   /** Called exactly once: null for an orderly end, the violation otherwise. */
   onClose(reason: ProtocolError | null): void;
   closeFd(fd: number): void;
+  /** Whether a received fd was opened read-only (fcntl F_GETFL); absent: treated as writable. */
+  isReadOnlyFd?: (fd: number) => boolean;
   setTimer: SetTimer;
   /** readHint() went from 0 to more: the caller should read again. */
   onResume?: () => void;
@@ -370,11 +372,14 @@ export class PrHelperSession {
 
   #enqueue(f: Frame): void {
     if (f.cdb[0] === Opcode.PERSISTENT_RESERVE_OUT && f.transferLength < PR_OUT_BASIC_PARAMETER_LIST) {
-      // qemu-pr-helper answers this itself (INVALID_PARAM_LEN) and keeps the connection.
+      // Answered here, without the device: PARAMETER LIST LENGTH ERROR (SPC-4 6.16.3), connection
+      // kept. The stock helper's read-only check comes first (do_pr_out), so a read-only fd gets
+      // INVALID COMMAND OPERATION CODE instead, as it would for a well-formed PR OUT.
+      const readOnly = this.#opts.isReadOnlyFd?.(f.fds[0]!) ?? false;
       this.#closeFds(f.fds);
       const bytes = encodeReply({
         status: ScsiStatus.CHECK_CONDITION,
-        sense: senseBytes(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR),
+        sense: readOnly ? senseBytes(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_COMMAND_OPERATION_CODE) : senseBytes(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR),
         payload: new Uint8Array(0),
       });
       this.#queue.push({ kind: 'answer', bytes, held: bytes.length });

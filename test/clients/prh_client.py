@@ -69,6 +69,64 @@ def basic_parameters(key=0, sa_key=0, aptpl=False, all_tg_pt=False, spec_i_pt=Fa
     return struct.pack('>QQ4xBxH', key, sa_key, flags, 0)
 
 
+
+def sas_transport_id(address):
+    """A SAS TransportID (SPC-4 7.6.4.4): protocol id 6, format 0, the 8-byte SAS address, 24 bytes."""
+    return struct.pack('>B3xQ12x', 0x06, address)
+
+
+def transport_id_from_text(text):
+    """'sas:0x5001405f00000001' (the form topology.json uses) -> the 24-byte TransportID."""
+    proto, _, value = text.partition(':')
+    if proto != 'sas':
+        raise ValueError('only SAS TransportIDs are supported here, not %r' % text)
+    return sas_transport_id(int(value, 16))
+
+
+def register_and_move_parameters(key, sa_key, relative_target_port_id, transport_id, unreg=False, aptpl=False):
+    """The REGISTER AND MOVE parameter list (SPC-4 6.16.4): 24-byte header, then one TransportID."""
+    flags = (0x02 if unreg else 0) | (0x01 if aptpl else 0)
+    return struct.pack('>QQxBHI', key, sa_key, flags, relative_target_port_id, len(transport_id)) + bytes(transport_id)
+
+
+def decode_read_keys(data):
+    """READ KEYS data (SPC-4 6.15.2) -> (PRGENERATION, ADDITIONAL LENGTH, keys present in `data`)."""
+    generation, additional = struct.unpack_from('>II', data, 0)
+    keys = [struct.unpack_from('>Q', data, off)[0] for off in range(8, min(len(data), 8 + additional) - 7, 8)]
+    return generation, additional, keys
+
+
+def decode_read_reservation(data):
+    """READ RESERVATION data (SPC-4 6.15.3) -> dict; key/scope/type only when the descriptor is there."""
+    generation, additional = struct.unpack_from('>II', data, 0)
+    out = {'generation': generation, 'additional': additional}
+    if additional >= 16 and len(data) >= 22:
+        out['key'] = struct.unpack_from('>Q', data, 8)[0]
+        out['scope'] = data[21] >> 4
+        out['type'] = data[21] & 0x0F
+    return out
+
+
+def decode_full_status(data):
+    """READ FULL STATUS data (SPC-4 6.15.5) -> (PRGENERATION, ADDITIONAL LENGTH, complete descriptors)."""
+    generation, additional = struct.unpack_from('>II', data, 0)
+    descriptors = []
+    off = 8
+    end = min(len(data), 8 + additional)
+    while off + 24 <= end:
+        key, = struct.unpack_from('>Q', data, off)
+        flags, scope_type = data[off + 12], data[off + 13]
+        rtpi, tid_len = struct.unpack_from('>HI', data, off + 18)
+        if off + 24 + tid_len > end:
+            break
+        descriptors.append({
+            'key': key, 'all_tg_pt': bool(flags & 0x02), 'holder': bool(flags & 0x01),
+            'scope': scope_type >> 4, 'type': scope_type & 0x0F, 'rtpi': rtpi,
+            'transport_id': bytes(data[off + 24:off + 24 + tid_len]),
+        })
+        off += 24 + tid_len
+    return generation, additional, descriptors
+
 class PrHelperClient:
     def __init__(self, path, timeout=None):
         self.path = path

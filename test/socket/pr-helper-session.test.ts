@@ -261,6 +261,16 @@ describe('PrHelperSession: violations', () => {
 });
 
 describe('PrHelperSession: answers', () => {
+  it('a short PR OUT on a read-only fd: 5/20/00 (the read-only check comes first, as in the stock helper), fd closed, no handler', async () => {
+    const h = new Harness({ isReadOnlyFd: () => true });
+    await run(h, separate([prOut(1, params(8))]));
+    assert.equal(h.requests.length, 0);
+    const [first] = h.replies;
+    assert.equal(first!.status, ScsiStatus.CHECK_CONDITION);
+    assert.deepEqual([first!.sense[2], first!.sense[12], first!.sense[13]], [0x05, 0x20, 0x00]);
+    assertLedgerClean(h);
+  });
+
   it('PR OUT with a parameter list under 24 bytes: 5/1A/00 without the handler, connection kept', async () => {
     const h = new Harness();
     await run(h, separate([prOut(1, params(8)), prIn(0, 8)]));

@@ -98,9 +98,10 @@ export class Harness {
   handler: Handler;
   writeResult: boolean = true;
 
-  constructor(opts: { handler?: Handler; limits?: PrHelperSessionLimits; start?: boolean } = {}) {
+  constructor(opts: { handler?: Handler; limits?: PrHelperSessionLimits; start?: boolean; isReadOnlyFd?: (fd: number) => boolean } = {}) {
     this.handler = opts.handler ?? goodHandler;
     this.session = new PrHelperSession({
+      ...(opts.isReadOnlyFd !== undefined ? { isReadOnlyFd: opts.isReadOnlyFd } : {}),
       onWrite: (bytes) => {
         if (this.closeCount > 0) this.writtenAfterClose++;
         this.replies.push(...this.decoder.push(bytes));
