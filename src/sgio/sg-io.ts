@@ -102,6 +102,8 @@ export interface SgIoRun extends SgIoResult {
 
 export const DEFAULT_SG_IO_TIMEOUT_MS = 30_000;
 const MAX_TRANSFER = 1 << 20;
+/** Spare bytes after the data-in buffer (see sgIo). */
+const DATA_SLACK = 64;
 
 /**
  * Issue one SCSI command with SG_IO on `fd` without blocking the event loop. Never rejects for a
@@ -128,7 +130,10 @@ export function sgIo(fd: number, cmd: SgIoCommand, ioctl: AsyncIoctl = koffiIoct
   const cdbOff = SG_IO_HDR_SIZE;
   const senseOff = cdbOff + 16;
   const dataOff = senseOff + SENSE_MAX;
-  const size = dataOff + Math.max(dataLen, 1);
+  // Room past dxfer_len: the LIO target writes up to 32 bytes beyond the allocation length of a
+  // short READ FULL STATUS (seen in the lab), and when the kernel maps this buffer directly those
+  // bytes would land in whatever follows it.
+  const size = dataOff + Math.max(dataLen, 1) + DATA_SLACK;
   const base = koffi.alloc('uint8_t', size) as unknown as bigint;
   const mem = new Uint8Array(koffi.view(base, size));
   const v = new DataView(mem.buffer);

@@ -54,7 +54,7 @@ def main():
     path, tagdir, count, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     rng = random.Random(seed)
     ntags = len([n for n in os.listdir(tagdir) if n.startswith('tag-')])
-    tag_fds = [os.open(os.path.join(tagdir, 'tag-%d' % k), os.O_RDONLY) for k in range(ntags)]
+    tag_fds = [os.open(os.path.join(tagdir, 'tag-%d' % k), os.O_RDWR) for k in range(ntags)]
     names = [n for n, _ in SCENARIOS]
     weights = [w for _, w in SCENARIOS]
     counts = {n: 0 for n in names}
