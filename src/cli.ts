@@ -30,6 +30,7 @@ interface ServeFlags {
   socketGroup?: string;
   sgioTimeout?: number;
   sgioThreads?: number;
+  drainTimeout?: number;
 }
 
 /** qemu-pr-helper's flags, then prmux's own; on `prmux serve` and on bare `prmux`. */
@@ -47,12 +48,14 @@ function addServeOptions(cmd: Command): Command {
     .option('--socket-mode <octal>', 'mode of the socket file (default 0600, or 0660 with --socket-group)')
     .option('--socket-group <group>', 'group of the socket file, so its members (e.g. the qemu group) may connect')
     .option('--sgio-timeout <ms>', 'timeout of each SCSI command (default 30000)', (v) => Number(v))
+    .option('--drain-timeout <ms>', 'on SIGTERM, how long commands in flight may take before their connections are closed (default: SG_IO timeout + 5 s)', (v) => Number(v))
     .option('--sgio-threads <n>', `SG_IO worker threads (default ${DEFAULT_SGIO_THREADS}; UV_THREADPOOL_SIZE wins)`, (v) => Number(v));
 }
 
 function serveOptionsFrom(f: ServeFlags): ServeOptions {
   if (f.socketMode !== undefined && !/^0?[0-7]{3}$/.test(f.socketMode)) throw new CliError(`Cannot use --socket-mode ${f.socketMode}: give an octal mode such as 0660`);
   if (f.sgioTimeout !== undefined && !(Number.isInteger(f.sgioTimeout) && f.sgioTimeout >= 1)) throw new CliError('Cannot use --sgio-timeout: give a positive number of milliseconds');
+  if (f.drainTimeout !== undefined && !(Number.isInteger(f.drainTimeout) && f.drainTimeout >= 0)) throw new CliError('Cannot use --drain-timeout: give a number of milliseconds');
   return {
     ...(f.socket !== undefined ? { socket: f.socket } : {}),
     ...(f.pidfile !== undefined ? { pidfile: f.pidfile } : {}),
@@ -64,6 +67,7 @@ function serveOptionsFrom(f: ServeFlags): ServeOptions {
     ...(f.socketMode !== undefined ? { socketMode: Number.parseInt(f.socketMode, 8) } : {}),
     ...(f.socketGroup !== undefined ? { socketGroup: f.socketGroup } : {}),
     ...(f.sgioTimeout !== undefined ? { sgioTimeoutMs: f.sgioTimeout } : {}),
+    ...(f.drainTimeout !== undefined ? { drainTimeoutMs: f.drainTimeout } : {}),
   };
 }
 

@@ -46,6 +46,8 @@ export interface ServeOptions {
   readonly socketMode?: number;
   readonly socketGroup?: string;
   readonly sgioTimeoutMs?: number;
+  /** How long a stop waits for commands in flight before closing their connections. Default: SG_IO timeout + 5 s. */
+  readonly drainTimeoutMs?: number;
 }
 
 /** The process edge serve needs; the CLI passes the real process, tests may pass their own. */
@@ -268,7 +270,15 @@ export async function startServe(options: ServeOptions, proc: ServeProcess): Pro
     }
     stopping = true;
     log.info('stopping: no new connections; finishing commands in flight', { why, connections: server.connectionCount });
+    // Bounded: a command stuck in the kernel past its own timeout (a target that never answers and
+    // whose abort hangs too) must not keep the daemon, its pidfile and its clients waiting forever.
+    const drainMs = options.drainTimeoutMs ?? (options.sgioTimeoutMs ?? 30_000) + 5000;
+    const deadline = setTimeout(() => {
+      log.warn('commands still in flight after the drain timeout: closing their connections', { drainMs, connections: server.connectionCount });
+      server.destroy();
+    }, drainMs);
     void server.close().then(() => {
+      clearTimeout(deadline);
       removeSignals();
       san?.backend.close();
       if (pidfile !== undefined) {

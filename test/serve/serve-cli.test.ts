@@ -241,6 +241,35 @@ describe('prmux serve: drain on SIGTERM', () => {
   });
 });
 
+describe('prmux serve: bounded drain', () => {
+  it('a command stuck past --drain-timeout does not keep the daemon: its connection is closed, pidfile and socket removed, exit 0', async () => {
+    const socket = join(dir, 'stuck.sock');
+    const pidfile = join(dir, 'stuck.pid');
+    const r = run(['serve', '-k', socket, '-f', pidfile, '--san', join(san.dir, 'host1'), '--sgio-timeout', '60000', '--drain-timeout', '300']);
+    await listening(r);
+    await san.ctl('path', 'hang', 'host1', 'sdb');
+    try {
+      const c = await PrHelperClient.connect(socket);
+      const fd = openSync(dev('sdb'), 'r');
+      const reply = c.command(readKeysCdb, fd).then(
+        () => 'answered',
+        () => 'connection closed',
+      );
+      await new Promise((res) => setTimeout(res, 200));
+      r.child.kill('SIGTERM');
+      assert.equal(await r.exited, 0);
+      assert.equal(await reply, 'connection closed');
+      closeSync(fd);
+      c.close();
+      assert.equal(existsSync(pidfile), false);
+      assert.equal(existsSync(socket), false);
+      assert.ok(r.stderr.some((l) => /drain timeout/.test(l)), r.stderr.join('\n'));
+    } finally {
+      await san.ctl('path', 'unhang', 'host1', 'sdb');
+    }
+  });
+});
+
 describe('prmux serve: -u/-g', () => {
   const root = process.getuid?.() === 0;
   it('switches to the user and group after listening, keeps only CAP_SYS_RAWIO|CAP_SYS_ADMIN in every thread, and still serves', { skip: root ? false : 'needs root' }, async () => {
