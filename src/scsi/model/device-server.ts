@@ -7,7 +7,9 @@
 //  - 'lio' (default): answers as the Linux LIO target (target_core_pr.c, Debian 6.1) does, deviations
 //    included, as measured in the lab (shared/lab/LIO-BEHAVIOUR.md). LIO's PREEMPT AND ABORT hang
 //    is a bug and is not reproduced: both personalities complete it with GOOD.
-// Each deviation is marked `LIO n` with the number it has in LIO-BEHAVIOUR.md.
+// Each deviation is marked `LIO n` with the number it has in LIO-BEHAVIOUR.md; LIO 11-14 were found
+// after that list was written (the fidelity check, test/lab/fidelity.test.ts, and a lab probe of the
+// same kernel) and continue its numbering.
 
 import { decodePrInCdb, decodePrOutCdb } from '../cdb.js';
 import {
@@ -28,6 +30,7 @@ import { decodePrOutParams, isParameterListLengthError } from '../prout-params.j
 import { checkCondition, good, reservationConflict } from '../outcome.js';
 import { decodeTransportId, formatTransportId, transportIdEquals } from '../transport-id.js';
 import { fromHex, readU16, readU32, readU64 } from '../bytes.js';
+import { buildSense } from '../sense.js';
 import { isPrmuxError } from '../../errors.js';
 import type { ScsiOutcome, TransportId } from '../types.js';
 
@@ -135,6 +138,9 @@ const PARAM_LEN = (): Verdict => illegal(Asc.PARAMETER_LIST_LENGTH_ERROR);
 /** LIO's TCM_LOGICAL_UNIT_COMMUNICATION_FAILURE: NOT READY 08/00 (LIO 1). */
 const LIO_LUN_COMM_FAILURE = (): Verdict => checkCondition(SenseKey.NOT_READY, Asc.LOGICAL_UNIT_COMMUNICATION_FAILURE);
 
+/** REQUEST SENSE (SPC-4 6.39); constants.ts has no entry for it. */
+const REQUEST_SENSE = 0x03;
+
 /** How an ordinary command is judged against a reservation (SPC-4 table 66 / SBC-3 table 13). */
 type AccessClass = 'always' | 'read' | 'write' | 'nodata' | 'mode-sense';
 
@@ -142,7 +148,7 @@ function accessClassOf(opcode: number): AccessClass {
   switch (opcode) {
     case Opcode.INQUIRY:
     case Opcode.REPORT_LUNS:
-    case 0x03: // REQUEST SENSE
+    case REQUEST_SENSE:
     case Opcode.PERSISTENT_RESERVE_IN:
     case Opcode.TEST_UNIT_READY:
     case Opcode.RESERVE_6:
@@ -181,7 +187,7 @@ function accessClassOf(opcode: number): AccessClass {
 
 /** Opcodes that do not report a pending unit attention (SAM-5 5.14, SPC-4 table 51). */
 function exemptFromUnitAttention(opcode: number): boolean {
-  return opcode === Opcode.INQUIRY || opcode === Opcode.REPORT_LUNS || opcode === 0x03;
+  return opcode === Opcode.INQUIRY || opcode === Opcode.REPORT_LUNS || opcode === REQUEST_SENSE;
 }
 
 export class PrDeviceServer {
@@ -213,14 +219,13 @@ export class PrDeviceServer {
   }
 
   /**
-   * The nexus goes away (path removed, LUN unlinked from its target port). Its registration is
-   * freed as LIO does on a LUN unlink; a reservation it held is released implicitly (an All
-   * Registrants reservation stays with the remaining registrants). No unit attention, no
-   * generation change: no PR OUT command ran.
+   * The nexus goes away (path removed, LUN unlinked from its target port). Its registrations are
+   * freed as LIO does on a LUN unlink (every one of them: LIO 11 can leave two for one nexus); a
+   * reservation it held is released implicitly (an All Registrants reservation stays with the
+   * remaining registrants). No unit attention, no generation change: no PR OUT command ran.
    */
   removeNexus(id: string): void {
-    const reg = this.registrationOf(id);
-    if (reg) this.freeRegistration(reg, { implicitRelease: true });
+    for (const reg of this.registrations.filter((r) => r.nexusId === id)) this.freeRegistration(reg, { implicitRelease: true });
     this.nexuses.delete(id);
   }
 
@@ -360,7 +365,9 @@ export class PrDeviceServer {
       case Opcode.TEST_UNIT_READY:
         return good();
       case Opcode.INQUIRY:
-        return this.inquiry(cdb);
+        return this.inquiry(n, cdb);
+      case REQUEST_SENSE:
+        return this.requestSense(n, cdb);
       case Opcode.READ_CAPACITY_10:
         return good(this.readCapacity10());
       case Opcode.READ_6:
@@ -644,9 +651,8 @@ export class PrDeviceServer {
         const targets = this.specIPtTargets(n, o.params);
         if ('kind' in targets) return targets;
         added.push(this.newRegistration(n.spec.id, saKey, o.allTgPt));
-        for (const nexusId of targets) {
-          if (!added.some((r) => r.nexusId === nexusId)) added.push(this.newRegistration(nexusId, saKey, o.allTgPt));
-        }
+        // specIPtTargets has already left out what each personality skips (LIO 11: LIO skips less).
+        for (const nexusId of targets) added.push(this.newRegistration(nexusId, saKey, o.allTgPt));
       } else {
         added.push(this.newRegistration(n.spec.id, saKey, o.allTgPt));
       }
@@ -718,7 +724,25 @@ export class PrDeviceServer {
       const target = sameTarget ?? candidates[0];
       if (!target) return INVALID_PARAM();
       // An initiator port that is already registered is skipped (LIO; SPC-4 leaves it unchanged).
-      if (this.registrationOf(target.spec.id) || target.spec.id === issuer.spec.id) continue;
+      if (this.registrationOf(target.spec.id)) continue;
+      if (lio) {
+        // LIO 11 (an LIO bug, reproduced for fidelity): LIO decides "already registered" by looking
+        // only at the registrations that existed before this command (core_scsi3_decode_spec_i_port
+        // asks __core_scsi3_locate_pr_reg). The issuing nexus's own registration is only allocated
+        // at that point and added after the whole list has been decoded, and so is every
+        // registration made for an earlier TransportID of the same list. So a TransportID naming
+        // the issuing nexus registers that nexus a second time, and an initiator port named twice
+        // is registered twice: READ KEYS and READ FULL STATUS list each copy, and PRGENERATION
+        // goes up once per copy. Each copy is a registration of its own everywhere else: unregistering
+        // frees the first one listed and leaves the nexus registered with the other, and a CLEAR or
+        // a RELEASE of a Registrants Only reservation from that nexus queues the unit attention
+        // "for the other registrants" on the issuing nexus too. All of it seen in the lab (fidelity
+        // sequence spec-i-pt; probes with [p3] and [p1, p1] from p3).
+        out.push(target.spec.id);
+        continue;
+      }
+      // spc4: one registration per I_T nexus (SPC-4 5.13.7); the issuing nexus is registered anyway.
+      if (target.spec.id === issuer.spec.id) continue;
       if (!out.includes(target.spec.id)) out.push(target.spec.id);
     }
     return out;
@@ -988,22 +1012,48 @@ export class PrDeviceServer {
     return best;
   }
 
-  private inquiry(cdb: Uint8Array): ScsiOutcome {
+  /**
+   * REQUEST SENSE (SPC-4 6.39; SAM-5 5.14 e): GOOD, with the pending unit attention as sense data
+   * (reported and cleared as takeUa does for the personality), or NO SENSE when none is pending.
+   * DESC (byte 1 bit 0) asks for descriptor format; ALLOCATION LENGTH is byte 4.
+   */
+  private requestSense(n: NexusState, cdb: Uint8Array): ScsiOutcome {
+    const lio = this.personality === 'lio';
+    const desc = ((cdb[1] ?? 0) & 0x01) !== 0;
+    const alloc = cdb[4] ?? 0;
+    // LIO 12: LIO does not emulate descriptor format here ("REQUEST_SENSE description emulation
+    // not supported"): INVALID FIELD IN CDB, and the unit attention stays pending. SPC-4 lets a
+    // device server that has descriptor format (this model builds it) return it.
+    if (lio && desc) return INVALID_CDB();
+    // LIO 13: with ALLOCATION LENGTH 0 there is no data buffer to map, and LIO answers NOT READY,
+    // LOGICAL UNIT COMMUNICATION FAILURE before looking at the unit attentions (they stay pending).
+    // SPC-4 4.2.5.6: length 0 is not an error, nothing is transferred.
+    if (lio && alloc === 0) return LIO_LUN_COMM_FAILURE();
+    const ua = n.unitAttentions.length > 0 ? this.takeUa(n) : null;
+    const sense = buildSense(
+      ua ? { key: SenseKey.UNIT_ATTENTION, asc: ua.asc, ascq: ua.ascq } : { key: SenseKey.NO_SENSE, asc: 0, ascq: 0 },
+      desc ? 'descriptor' : 'fixed',
+    );
+    if (lio) {
+      // LIO 14: LIO completes REQUEST SENSE without a residual: the whole allocation length is
+      // transferred, the sense data (fixed format, 18 bytes) first, then zeros. (It copies its
+      // 96-byte sense buffer; past 96 bytes it leaves the initiator's buffer as it was, which is
+      // zero in the lab.) SPC-4 4.2.5.6 transfers only the sense data that fits.
+      const out = new Uint8Array(alloc);
+      out.set(sense.subarray(0, Math.min(alloc, sense.length)));
+      return good(out);
+    }
+    return good(sense.subarray(0, Math.min(alloc, sense.length)));
+  }
+
+  private inquiry(n: NexusState, cdb: Uint8Array): ScsiOutcome {
     const evpd = ((cdb[1] ?? 0) & 0x01) !== 0;
     const page = cdb[2] ?? 0;
     const alloc = ((cdb[3] ?? 0) << 8) | (cdb[4] ?? 0);
     let data: Uint8Array;
     if (!evpd) {
       if (page !== 0) return INVALID_CDB();
-      data = new Uint8Array(36);
-      data[2] = 0x06; // SPC-4
-      data[3] = 0x02;
-      data[4] = 31;
-      data[5] = 0x10; // TPGS implicit ALUA
-      data[7] = 0x02; // CMDQUE
-      writeAscii(data, 8, 8, this.identity.vendor);
-      writeAscii(data, 16, 16, this.identity.product);
-      writeAscii(data, 32, 4, this.identity.revision);
+      data = this.personality === 'lio' ? this.standardInquiryLio(n) : this.standardInquirySpc4();
     } else if (page === 0x00) {
       data = Uint8Array.from([0, 0x00, 0, 3, 0x00, 0x80, 0x83]);
     } else if (page === 0x80) {
@@ -1026,12 +1076,89 @@ export class PrDeviceServer {
     return good(data.subarray(0, Math.min(alloc, data.length)));
   }
 
+  /**
+   * Standard INQUIRY data of the spc4 personality (SPC-4 6.6.2), 36 bytes: direct-access block
+   * device, VERSION SPC-4, RESPONSE DATA FORMAT 2, TPGS 01b, CMDQUE.
+   */
+  private standardInquirySpc4(): Uint8Array {
+    const data = new Uint8Array(36);
+    data[2] = 0x06; // VERSION: SPC-4
+    data[3] = 0x02; // RESPONSE DATA FORMAT 2
+    data[4] = data.length - 5; // ADDITIONAL LENGTH
+    data[5] = 0x10; // TPGS 01b: implicit ALUA
+    data[7] = 0x02; // CMDQUE
+    writeAscii(data, 8, 8, this.identity.vendor);
+    writeAscii(data, 16, 16, this.identity.product);
+    writeAscii(data, 32, 4, this.identity.revision);
+    return data;
+  }
+
+  /**
+   * Standard INQUIRY data as LIO builds it (target_core_spc.c spc_emulate_inquiry_std, Debian 6.1;
+   * every byte checked in the lab with allocation lengths 4..255): 96 bytes (ADDITIONAL LENGTH 91),
+   * SCCS, TPGS 11b (LIO's default target port group allows implicit and explicit ALUA), 3PC
+   * (emulate_3pc is on by default), MULTIP when the LU is exported through more than one target
+   * port, CMDQUE, and version descriptors SAM-5, the target port's transport, SPC-4, SBC-3. These
+   * bits describe LIO; the model implements none of SCCS, ALUA or EXTENDED COPY (their commands get
+   * INVALID COMMAND OPERATION CODE).
+   */
+  private standardInquiryLio(n: NexusState): Uint8Array {
+    const data = new Uint8Array(96);
+    const dv = new DataView(data.buffer);
+    data[2] = 0x06; // VERSION: SPC-4
+    data[3] = 0x02; // RESPONSE DATA FORMAT 2
+    data[4] = data.length - 5; // ADDITIONAL LENGTH 91
+    data[5] = 0x80 | 0x30 | 0x08; // SCCS, TPGS 11b, 3PC
+    const ports = new Set([...this.nexuses.values()].map((x) => x.spec.relativeTargetPortId));
+    if (ports.size > 1) data[6] = 0x10; // MULTIP
+    data[7] = 0x02; // CMDQUE
+    writeAscii(data, 8, 8, this.identity.vendor);
+    writeAscii(data, 16, 16, this.identity.product);
+    writeAscii(data, 32, 4, this.identity.revision);
+    dv.setUint16(58, VERSION_DESCRIPTOR.SAM5);
+    dv.setUint16(60, transportVersionDescriptor(n.spec.initiator));
+    dv.setUint16(62, VERSION_DESCRIPTOR.SPC4);
+    dv.setUint16(64, VERSION_DESCRIPTOR.SBC3);
+    return data;
+  }
+
   private readCapacity10(): Uint8Array {
     const out = new Uint8Array(8);
     const dv = new DataView(out.buffer);
     dv.setUint32(0, Math.min(this.identity.blocks - 1, 0xffffffff));
     dv.setUint32(4, this.identity.blockSize);
     return out;
+  }
+}
+
+/** VERSION DESCRIPTOR codes LIO reports (SPC-4 table 149). */
+const VERSION_DESCRIPTOR = {
+  SAM5: 0x00a0,
+  SPC4: 0x0460,
+  SBC3: 0x04c0,
+  FCP4: 0x0a40,
+  ISCSI: 0x0960,
+  SAS3: 0x0c60,
+  SBP3: 0x0980,
+  SRP: 0x0940,
+} as const;
+
+/**
+ * The transport's version descriptor, by the protocol of the target port (LIO takes the target
+ * port group's protocol identifier; a target port of the model speaks its initiators' protocol).
+ * LIO writes 0 for a protocol it does not know.
+ */
+function transportVersionDescriptor(t: TransportId): number {
+  switch (t.protocol) {
+    case 'fc':
+      return VERSION_DESCRIPTOR.FCP4;
+    case 'iscsi':
+      return VERSION_DESCRIPTOR.ISCSI;
+    case 'sas':
+      return VERSION_DESCRIPTOR.SAS3;
+    case 'raw':
+      // SPC-4 table 430 protocol identifiers: 3 = SBP-3, 4 = SRP.
+      return t.protocolId === 3 ? VERSION_DESCRIPTOR.SBP3 : t.protocolId === 4 ? VERSION_DESCRIPTOR.SRP : 0;
   }
 }
 

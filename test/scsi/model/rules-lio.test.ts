@@ -1,6 +1,8 @@
 // The 'lio' personality of the device-server model against shared/lab/LIO-BEHAVIOUR.md: every
-// numbered deviation (LIO 1-10), each contrasted with the 'spc4' answer where they differ, and every
-// bullet of "Checked and in line with SPC-4" (run on both personalities, since both must answer so).
+// numbered deviation (LIO 1-10, and LIO 11-14 found later by the fidelity check and a lab probe;
+// device-server.ts documents them), each contrasted with the 'spc4' answer where they differ, and
+// every bullet of "Checked and in line with SPC-4" (run on both personalities, since both must
+// answer so).
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -44,7 +46,7 @@ function keysOf(lun: LunHarness, path: string): bigint[] {
 }
 
 // =====================================================================================================
-describe('LIO deviations from SPC-4 (LIO-BEHAVIOUR.md 1-10)', () => {
+describe('LIO deviations from SPC-4 (LIO-BEHAVIOUR.md 1-10, device-server.ts 11-14)', () => {
   test('LIO 1: RELEASE, RESERVE, CLEAR from an unregistered nexus with no reservation: 02/08/00 (spc4: RESERVATION CONFLICT)', () => {
     const run = (l: LunHarness): Array<[string, ScsiOutcome]> => [
       ['RELEASE', l.release('p2', 0n, 5)],
@@ -264,6 +266,127 @@ describe('LIO deviations from SPC-4 (LIO-BEHAVIOUR.md 1-10)', () => {
       if (personality === 'lio') expectIllegal(o, Asc.INVALID_FIELD_IN_PARAMETER_LIST, 'lio');
       else expectIllegal(o, Asc.INVALID_FIELD_IN_CDB, 'spc4');
       assert.deepEqual(keysOf(lun, 'p2'), [A]);
+    }
+  });
+
+  /** [relative target port, key] of each READ FULL STATUS descriptor, in order. */
+  const fullStatusOf = (lun: LunHarness): Array<[number, bigint]> =>
+    lun.readFullStatus('p1').descriptors.map((d) => [d.relativeTargetPortId, d.key]);
+
+  test('LIO 11: SPEC_I_PT naming the issuing nexus registers it twice (spc4: once)', () => {
+    // The lab's fidelity sequence spec-i-pt #20: p3 REGISTER 0 -> 0xc3 naming p3 itself and p1.
+    for (const personality of BOTH) {
+      const lun = makeLun({ personality, paths: 3 });
+      expectGood(lun.register('p3', C, { specIPt: [sasInitiator(3), sasInitiator(1)] }), personality);
+      const fs = lun.readFullStatus('p1');
+      if (personality === 'lio') {
+        assert.deepEqual(fullStatusOf(lun), [[3, C], [3, C], [1, C]]);
+        assert.deepEqual(keysOf(lun, 'p2'), [C, C, C]);
+        assert.equal(fs.generation, 3, 'lio: one PRGENERATION step per registration added');
+      } else {
+        assert.deepEqual(fullStatusOf(lun), [[3, C], [1, C]]);
+        assert.equal(fs.generation, 1, 'spc4: one PRGENERATION step per command');
+      }
+    }
+  });
+
+  test('LIO 11: an initiator port named twice is registered twice; one already registered is still skipped', () => {
+    for (const personality of BOTH) {
+      const lun = lunWith(personality, 3, [['p2', B]]);
+      expectGood(lun.register('p3', C, { specIPt: [sasInitiator(1), sasInitiator(2), sasInitiator(1)] }), personality);
+      assert.deepEqual(fullStatusOf(lun), personality === 'lio' ? [[2, B], [3, C], [1, C], [1, C]] : [[2, B], [3, C], [1, C]], personality);
+    }
+  });
+
+  test('LIO 11: a doubly registered nexus stays registered until each copy is unregistered; a lost nexus loses both', () => {
+    const lun = makeLun({ personality: 'lio', paths: 3 });
+    expectGood(lun.register('p3', C, { specIPt: [sasInitiator(3)] }));
+    assert.deepEqual(fullStatusOf(lun), [[3, C], [3, C]]);
+    // Unregistering frees the first copy; the nexus is still registered with the second (seen in
+    // the lab): REGISTER with key 0 conflicts, the key still works.
+    expectGood(lun.register('p3', 0n, { key: C }));
+    assert.deepEqual(fullStatusOf(lun), [[3, C]]);
+    expectConflict(lun.register('p3', A), 'REGISTER 0 -> 0xa1 from the still registered nexus');
+    expectGood(lun.register('p3', 0n, { key: C }));
+    assert.deepEqual(fullStatusOf(lun), []);
+    // Two copies again; the nexus goes away (LUN unlink): LIO frees every registration of it.
+    expectGood(lun.register('p3', C, { specIPt: [sasInitiator(3)] }));
+    expectGood(lun.reserve('p3', C, 5));
+    lun.ds.removeNexus('p3');
+    assert.deepEqual(lun.snapshot().registrations, []);
+    assert.equal(lun.snapshot().reservation, null);
+  });
+
+  test('LIO 11: CLEAR or RELEASE from a doubly registered nexus queues the unit attention on that nexus too (as in the lab)', () => {
+    const lun = makeLun({ personality: 'lio', paths: 3 });
+    expectGood(lun.register('p3', C, { specIPt: [sasInitiator(3)] }));
+    expectGood(lun.register('p2', B));
+    expectGood(lun.clear('p3', C));
+    assert.deepEqual(lun.drainUnitAttentions('p3'), ['2a/03'], 'the issuer, through its second registration');
+    assert.deepEqual(lun.drainUnitAttentions('p2'), ['2a/03']);
+    expectGood(lun.register('p3', C, { specIPt: [sasInitiator(3)] }));
+    expectGood(lun.reserve('p3', C, 5));
+    expectGood(lun.release('p3', C, 5));
+    assert.deepEqual(lun.drainUnitAttentions('p3'), ['2a/04']);
+  });
+
+  /** REQUEST SENSE CDB (SPC-4 6.39): DESC in byte 1 bit 0, ALLOCATION LENGTH in byte 4. */
+  const requestSense = (lun: LunHarness, path: string, alloc: number, desc = false): ScsiOutcome =>
+    lun.exec(path, Uint8Array.from([0x03, desc ? 1 : 0, 0, 0, alloc, 0]));
+
+  /** p2 with RESERVATIONS RELEASED pending (p1 released a Write Exclusive - Registrants Only reservation). */
+  const withPendingUa = (personality: Personality): LunHarness => {
+    const lun = lunWith(personality, 2, [['p1', A], ['p2', B]]);
+    expectGood(lun.reserve('p1', A, 5));
+    expectGood(lun.release('p1', A, 5));
+    return lun;
+  };
+
+  test('LIO 12: REQUEST SENSE with DESC=1: 5/24/00 and the unit attention stays (spc4: descriptor format, cleared)', () => {
+    for (const personality of BOTH) {
+      const lun = withPendingUa(personality);
+      const o = requestSense(lun, 'p2', 18, true);
+      if (personality === 'lio') {
+        expectIllegal(o, Asc.INVALID_FIELD_IN_CDB, 'lio');
+        assert.deepEqual(lun.drainUnitAttentions('p2'), ['2a/04'], 'lio: still pending');
+      } else {
+        assert.equal(hex(expectGood(o, 'spc4')), '72062a0400000000', 'spc4: descriptor format, 8 bytes');
+        assert.deepEqual(lun.drainUnitAttentions('p2'), [], 'spc4: cleared');
+      }
+    }
+    // With nothing pending: the same split.
+    expectIllegal(requestSense(makeLun({ personality: 'lio' }), 'p1', 18, true), Asc.INVALID_FIELD_IN_CDB);
+    assert.equal(hex(expectGood(requestSense(makeLun({ personality: 'spc4' }), 'p1', 18, true))), '7200000000000000');
+  });
+
+  test('LIO 13: REQUEST SENSE with ALLOCATION LENGTH 0: 02/08/00 and the unit attention stays (spc4: GOOD, no data, cleared)', () => {
+    for (const personality of BOTH) {
+      const lun = withPendingUa(personality);
+      const o = requestSense(lun, 'p2', 0);
+      if (personality === 'lio') {
+        expectLunCommFailure(o, 'lio');
+        assert.deepEqual(lun.drainUnitAttentions('p2'), ['2a/04'], 'lio: still pending');
+      } else {
+        assert.equal(expectGood(o, 'spc4').length, 0);
+        assert.deepEqual(lun.drainUnitAttentions('p2'), [], 'spc4: reported, so cleared');
+      }
+    }
+    expectLunCommFailure(requestSense(makeLun({ personality: 'lio' }), 'p1', 0), 'lio, nothing pending');
+  });
+
+  test('LIO 14: REQUEST SENSE transfers the whole allocation length, zero-filled past the sense data (spc4: 18 bytes)', () => {
+    for (const personality of BOTH) {
+      const lun = withPendingUa(personality);
+      const data = expectGood(requestSense(lun, 'p2', 252), personality);
+      const sense = '700006000000000a000000002a0400000000';
+      if (personality === 'lio') {
+        assert.equal(data.length, 252);
+        assert.equal(hex(data), sense + '00'.repeat(252 - 18));
+      } else {
+        assert.equal(hex(data), sense);
+      }
+      const none = expectGood(requestSense(lun, 'p2', 100), `${personality}, nothing pending`);
+      assert.equal(hex(none), '700000000000000a00000000000000000000' + (personality === 'lio' ? '00'.repeat(100 - 18) : ''));
     }
   });
 });
