@@ -486,7 +486,7 @@ async function main(): Promise<number> {
       }
     }
     if (wanted('prmux')) {
-      const p = startChild('prmux serve', [...serverCpu, node, opt.cli, ...SERVE, '-k', srv('prmux').sock]);
+      const p = startChild('prmux serve', [...serverCpu, node, opt.cli, ...SERVE, '-k', srv('prmux').sock, '--state-dir', join(tmp, 'prmux-state')]);
       srv('prmux').child = p;
       const err = await waitListening(p, srv('prmux').sock);
       if (err) disable('prmux', err);

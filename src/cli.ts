@@ -31,6 +31,10 @@ interface ServeFlags {
   sgioTimeout?: number;
   sgioThreads?: number;
   drainTimeout?: number;
+  multipath?: string;
+  stateDir?: string;
+  verifyInterval?: number;
+  topologyInterval?: number;
 }
 
 /** qemu-pr-helper's flags, then prmux's own; on `prmux serve` and on bare `prmux`. */
@@ -48,6 +52,10 @@ function addServeOptions(cmd: Command): Command {
     .option('--socket-mode <octal>', 'mode of the socket file (default 0600, or 0660 with --socket-group)')
     .option('--socket-group <group>', 'group of the socket file, so its members (e.g. the qemu group) may connect')
     .option('--sgio-timeout <ms>', 'timeout of each SCSI command (default 30000)', (v) => Number(v))
+    .option('--multipath <mode>', "dm-multipath maps: 'fanout' (default: each command to the right paths, keys kept on every path) or 'plain' (one SG_IO on the map, as the stock helper)")
+    .option('--state-dir <dir>', 'where the intended key state per map is kept (default /var/lib/prmux; with --san: DIR/HOST/prmux-state)')
+    .option('--verify-interval <ms>', 'how often every map\'s registrations are verified and repaired (default 30000; 0: never)', (v) => Number(v))
+    .option('--topology-interval <ms>', 'how often multipathd is polled for maps and paths (default 1000)', (v) => Number(v))
     .option('--drain-timeout <ms>', 'on SIGTERM, how long commands in flight may take before their connections are closed (default: SG_IO timeout + 5 s)', (v) => Number(v))
     .option('--sgio-threads <n>', `SG_IO worker threads (default ${DEFAULT_SGIO_THREADS}; UV_THREADPOOL_SIZE wins)`, (v) => Number(v));
 }
@@ -55,6 +63,10 @@ function addServeOptions(cmd: Command): Command {
 function serveOptionsFrom(f: ServeFlags): ServeOptions {
   if (f.socketMode !== undefined && !/^0?[0-7]{3}$/.test(f.socketMode)) throw new CliError(`Cannot use --socket-mode ${f.socketMode}: give an octal mode such as 0660`);
   if (f.sgioTimeout !== undefined && !(Number.isInteger(f.sgioTimeout) && f.sgioTimeout >= 1)) throw new CliError('Cannot use --sgio-timeout: give a positive number of milliseconds');
+  if (f.multipath !== undefined && f.multipath !== 'fanout' && f.multipath !== 'plain') throw new CliError(`Cannot use --multipath ${f.multipath}: give fanout or plain`);
+  for (const [flag, v] of [['--verify-interval', f.verifyInterval], ['--topology-interval', f.topologyInterval]] as const) {
+    if (v !== undefined && !(Number.isInteger(v) && v >= 0)) throw new CliError(`Cannot use ${flag}: give a number of milliseconds`);
+  }
   if (f.drainTimeout !== undefined && !(Number.isInteger(f.drainTimeout) && f.drainTimeout >= 0)) throw new CliError('Cannot use --drain-timeout: give a number of milliseconds');
   return {
     ...(f.socket !== undefined ? { socket: f.socket } : {}),
@@ -68,6 +80,10 @@ function serveOptionsFrom(f: ServeFlags): ServeOptions {
     ...(f.socketGroup !== undefined ? { socketGroup: f.socketGroup } : {}),
     ...(f.sgioTimeout !== undefined ? { sgioTimeoutMs: f.sgioTimeout } : {}),
     ...(f.drainTimeout !== undefined ? { drainTimeoutMs: f.drainTimeout } : {}),
+    ...(f.multipath !== undefined ? { multipath: f.multipath as 'fanout' | 'plain' } : {}),
+    ...(f.stateDir !== undefined ? { stateDir: f.stateDir } : {}),
+    ...(f.verifyInterval !== undefined ? { verifyIntervalMs: f.verifyInterval } : {}),
+    ...(f.topologyInterval !== undefined ? { topologyIntervalMs: f.topologyInterval } : {}),
   };
 }
 

@@ -14,6 +14,7 @@
 // never retried: `fail path` and friends are not idempotent.
 
 import * as net from 'node:net';
+import { connectUnixAbstract } from '../socket/unix-fd.js';
 import { EncodeError, ErrorCode, PrmuxError } from '../errors.js';
 import {
   DEFAULT_MAX_REPLY_BYTES,
@@ -321,6 +322,15 @@ function positive(name: string, value: number): number {
 }
 
 function connectOnce(path: string): Promise<net.Socket> {
+  if (path.startsWith('\0')) {
+    // Abstract names need the exact address length, which Node's net does not use (it pads).
+    try {
+      const fd = connectUnixAbstract(path.slice(1));
+      return Promise.resolve(new net.Socket({ fd, readable: true, writable: true }));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
   return new Promise((resolve, reject) => {
     const socket = net.createConnection({ path });
     const onError = (e: Error): void => {

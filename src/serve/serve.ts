@@ -12,8 +12,15 @@
 // The images pass state down in PRMUX_* variables (HANDOVER below), removed once read.
 
 import { spawn } from 'node:child_process';
-import { closeSync, lstatSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
-import { basename, resolve } from 'node:path';
+import { chownSync, closeSync, lstatSync, mkdirSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { MultipathEngine } from '../fanout/engine.js';
+import { KernelMapControl, SanMapControl } from '../fanout/map-control.js';
+import { MultipathBackend } from '../fanout/multipath-backend.js';
+import { KernelPathIo, SanPathIo } from '../fanout/path-io.js';
+import { IntentStore } from '../fanout/state-store.js';
+import { MultipathTopology, multipathdSocketsFor } from '../fanout/topology.js';
+import type { MapControl, PathIo } from '../fanout/types.js';
 import { ErrorCode, PrmuxError, isPrmuxError } from '../errors.js';
 import type { Logger } from '../socket/logger.js';
 import { type BoundSocket, type PrHelperServer, bindPrHelperSocket, createPrHelperServer } from '../socket/pr-helper-server.js';
@@ -48,7 +55,19 @@ export interface ServeOptions {
   readonly sgioTimeoutMs?: number;
   /** How long a stop waits for commands in flight before closing their connections. Default: SG_IO timeout + 5 s. */
   readonly drainTimeoutMs?: number;
+  /** Multipath maps: 'fanout' (default) sends each command to the right paths; 'plain' does one SG_IO on the map as the stock helper. */
+  readonly multipath?: 'fanout' | 'plain';
+  /** Where the intended key state per map is kept. Default /var/lib/prmux (with --san: DIR/HOST/prmux-state). */
+  readonly stateDir?: string;
+  /** multipathd socket names (default MULTIPATH_SOCKET_NAME, else multipathd's own). */
+  readonly multipathdSockets?: readonly string[];
+  /** Topology polling period. Default 1000 ms. */
+  readonly topologyIntervalMs?: number;
+  /** Key verification period. Default 30000 ms; 0 turns it off. */
+  readonly verifyIntervalMs?: number;
 }
+
+export const DEFAULT_STATE_DIR = '/var/lib/prmux';
 
 /** The process edge serve needs; the CLI passes the real process, tests may pass their own. */
 export interface ServeProcess {
@@ -133,6 +152,8 @@ function groupId(group: string): number {
 /** The running service: its stats, and a way to stop it as a signal would. */
 export interface ServeHandle {
   readonly socketPath: string | null;
+  /** The multipath engine (snapshot, events), or null with --multipath plain / -d parent. */
+  readonly engine: MultipathEngine | null;
   readonly stats: ServeStats;
   stop(): void;
   /** Resolves with the exit code once stopped. */
@@ -197,6 +218,17 @@ export async function startServe(options: ServeOptions, proc: ServeProcess): Pro
       pidfileWritten = true;
     }
 
+    // The key state directory belongs to the user prmux will run as (created before the drop).
+    const stateDir = stateDirOf(options);
+    if (options.multipath !== 'plain' && !h.dropped) {
+      mkdirSync(join(stateDir, 'maps'), { recursive: true, mode: 0o700 });
+      if (options.user !== undefined || options.group !== undefined) {
+        const c = resolveCredentials(options.user, options.group);
+        chownSync(stateDir, c.uid, c.gid);
+        chownSync(join(stateDir, 'maps'), c.uid, c.gid);
+      }
+    }
+
     // 4. Drop privileges: exec()s this program again; never returns on success.
     if ((options.user !== undefined || options.group !== undefined) && h.dropped) {
       // The image after the drop checks that it holds exactly the credentials asked for (file
@@ -233,6 +265,38 @@ export async function startServe(options: ServeOptions, proc: ServeProcess): Pro
       fail(`Cannot serve simulated host ${hostDir}: ${(e as Error).message} (is \`prmux san start\` running there?)`);
     }
   }
+  // The multipath fan-out engine: reconciles every known map before the socket is served.
+  let engine: MultipathEngine | null = null;
+  let multipathBackend: MultipathBackend | null = null;
+  if (options.multipath !== 'plain') {
+    const hostDir = options.san !== undefined ? resolve(options.san) : null;
+    const topology = new MultipathTopology({
+      sockets: hostDir !== null ? [join(hostDir, 'multipathd.sock')] : (options.multipathdSockets ?? multipathdSocketsFor(env['MULTIPATH_SOCKET_NAME'])),
+      // A simulated host has no sysfs of its own: with its multipathd down there is nothing to fall back to.
+      sysfsRoot: hostDir !== null ? join(hostDir, 'no-sysfs') : '/sys',
+      pollIntervalMs: options.topologyIntervalMs ?? 1000,
+      logger: log,
+    });
+    const io: PathIo = hostDir !== null ? new SanPathIo({ socketPath: join(hostDir, 'san.sock') }) : new KernelPathIo({ logger: log });
+    const control: MapControl =
+      hostDir !== null ? new SanMapControl({ ctlSocketPath: join(dirname(hostDir), 'ctl.sock'), host: basename(hostDir) }) : new KernelMapControl({ logger: log });
+    engine = new MultipathEngine({
+      topology,
+      io,
+      control,
+      store: new IntentStore({ stateDir: stateDirOf(options), logger: log }),
+      logger: log,
+      commandTimeoutMs: options.sgioTimeoutMs ?? 30_000,
+      verifyIntervalMs: options.verifyIntervalMs ?? 30_000,
+    });
+    try {
+      await engine.start();
+    } catch (e) {
+      await engine.close().catch(() => undefined);
+      fail(`Cannot start the multipath engine: ${(e as Error).message}`);
+    }
+    multipathBackend = new MultipathBackend({ engine, logger: log });
+  }
   const stats: ServeStats = { commands: 0, byStatus: {}, refused: 0 };
   const onCommand = (r: CommandRecord): void => {
     stats.commands++;
@@ -244,7 +308,8 @@ export async function startServe(options: ServeOptions, proc: ServeProcess): Pro
   const handler = createPrRequestHandler({
     inspect: inspectFd,
     resolve: (info): DeviceTarget => san?.map.lookup(info) ?? kernel.resolve(info),
-    backendFor: (t): PrBackend => (t.kind === 'san-path' || t.kind === 'san-map' ? san!.backend : sgio),
+    backendFor: (t): PrBackend =>
+      multipathBackend !== null && MultipathBackend.handles(t) ? multipathBackend : t.kind === 'san-path' || t.kind === 'san-map' ? san!.backend : sgio,
     closeFd: (fd) => {
       closeFd(fd);
     },
@@ -281,6 +346,7 @@ export async function startServe(options: ServeOptions, proc: ServeProcess): Pro
       clearTimeout(deadline);
       removeSignals();
       san?.backend.close();
+      void engine?.close();
       if (pidfile !== undefined) {
         const kept = removePidfile(pidfile, proc.pid);
         if (kept !== null) log.warn('pidfile not removed', { pidfile, why: kept });
@@ -303,7 +369,12 @@ export async function startServe(options: ServeOptions, proc: ServeProcess): Pro
     }
     if (h.daemonChild) redirectStdioToDevNull();
   }
-  return { socketPath, stats, stop: () => stop('stop()'), done };
+  return { socketPath, stats, engine, stop: () => stop('stop()'), done };
+}
+
+function stateDirOf(options: ServeOptions): string {
+  if (options.stateDir !== undefined) return resolve(options.stateDir);
+  return options.san !== undefined ? join(resolve(options.san), 'prmux-state') : DEFAULT_STATE_DIR;
 }
 
 /** -d: start a detached copy of this program on the bound socket; resolve once it serves. */
@@ -343,7 +414,7 @@ async function daemonize(proc: ServeProcess, h: Handover, listenFd: number, owne
   }
   for (const l of errLines) proc.stderr(l);
   child.unref();
-  return { socketPath: owned?.path ?? null, stats: { commands: 0, byStatus: {}, refused: 0 }, stop: () => undefined, done: Promise.resolve(0) };
+  return { socketPath: owned?.path ?? null, engine: null, stats: { commands: 0, byStatus: {}, refused: 0 }, stop: () => undefined, done: Promise.resolve(0) };
 }
 
 export { isPrmuxError };

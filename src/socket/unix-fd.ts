@@ -212,6 +212,47 @@ function newSocket(): number {
   return fd;
 }
 
+/**
+ * sockaddr_un for an abstract name ("@name" in multipathd's notation): a NUL, then the name, with
+ * the address length counting exactly those bytes. A server binds exactly that many bytes
+ * (multipathd does), and the kernel matches abstract addresses by length too, so padding the
+ * name to sun_path's full size (as Node's net does) never reaches it.
+ */
+function sockaddrAbstract(name: string): Buffer {
+  const p = Buffer.from(name, 'utf8');
+  if (p.length === 0 || p.length >= SUN_PATH_MAX - 1) throw new RangeError(`Cannot use abstract socket name ${JSON.stringify(name)}: it must be 1..${SUN_PATH_MAX - 2} bytes`);
+  const addr = Buffer.alloc(2 + 1 + p.length);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  p.copy(addr, 3);
+  return addr;
+}
+
+/** Connect (blocking) to the abstract unix socket `name` with the exact address length; the fd is returned blocking, close-on-exec. */
+export function connectUnixAbstract(name: string): number {
+  const addr = sockaddrAbstract(name);
+  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw new SyscallError('socket', errno());
+  for (;;) {
+    if ((c.connect(fd, addr, addr.length) as number) === 0) return fd;
+    const e = errno();
+    if (e === Errno['EINTR']) continue;
+    c.close(fd);
+    throw new SyscallError('connect', e, `to abstract unix socket @${name}`);
+  }
+}
+
+/** A listening abstract unix socket bound with the exact address length (as multipathd binds), close-on-exec. */
+export function listenUnixAbstract(name: string, backlog: number): number {
+  const addr = sockaddrAbstract(name);
+  const fd = newSocket();
+  if ((c.bind(fd, addr, addr.length) as number) < 0 || (c.listen(fd, backlog) as number) < 0) {
+    const e = errno();
+    c.close(fd);
+    throw new SyscallError('bind', e, `abstract unix socket @${name}`);
+  }
+  return fd;
+}
+
 /** A non-blocking, close-on-exec listening socket bound to `path` (which must not exist). */
 export function listenUnix(path: string, backlog: number): number {
   const addr = sockaddrUn(path);

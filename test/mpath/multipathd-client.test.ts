@@ -1,3 +1,4 @@
+import { listenUnixAbstract } from '../../src/socket/unix-fd.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
@@ -82,7 +83,9 @@ async function startServer(name: string, topology: MpathTopology): Promise<FakeS
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(socketPathOf(name), () => resolve());
+    // An abstract name is bound with its exact length, as multipathd binds it (Node's net pads it).
+    if (name.startsWith('@')) server.listen({ fd: listenUnixAbstract(name.slice(1), 16) }, () => resolve());
+    else server.listen(socketPathOf(name), () => resolve());
   });
   return fake;
 }

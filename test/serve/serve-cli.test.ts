@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -142,14 +142,14 @@ describe('prmux serve: command line', () => {
 
   it('--socket-group gives the socket to a group with mode 0660; --socket-mode sets the mode', async () => {
     const socket = join(dir, 'group.sock');
-    const r = run(['serve', '-k', socket, '--socket-group', '1']);
+    const r = run(['serve', '-k', socket, '--socket-group', '1', '--state-dir', join(dir, 'state-group')]);
     await listening(r);
     const st = statSync(socket);
     assert.equal(st.gid, 1);
     assert.equal(st.mode & 0o777, 0o660);
     r.child.kill('SIGTERM');
     assert.equal(await r.exited, 0);
-    const m = run(['serve', '-k', socket, '--socket-mode', '0640']);
+    const m = run(['serve', '-k', socket, '--socket-mode', '0640', '--state-dir', join(dir, 'state-group')]);
     await listening(m);
     assert.equal(statSync(socket).mode & 0o777, 0o640);
     m.child.kill('SIGTERM');
@@ -275,7 +275,9 @@ describe('prmux serve: -u/-g', () => {
   it('switches to the user and group after listening, keeps only CAP_SYS_RAWIO|CAP_SYS_ADMIN in every thread, and still serves', { skip: root ? false : 'needs root' }, async () => {
     const socket = join(dir, 'dropped.sock');
     const pidfile = join(dir, 'dropped.pid');
-    const r = run(['serve', '-k', socket, '-f', pidfile, '-u', '65534', '-g', '65534', '-v']);
+    const stateDir = join(dir, 'state-dropped');
+    chmodSync(dir, 0o711); // the dropped user must be able to reach its state directory
+    const r = run(['serve', '-k', socket, '-f', pidfile, '-u', '65534', '-g', '65534', '-v', '--state-dir', stateDir]);
     await listening(r);
     const pid = r.child.pid!;
     assert.equal(readFileSync(pidfile, 'utf8'), `${pid}\n`, 'same pid across the re-exec');
@@ -298,6 +300,7 @@ describe('prmux serve: -u/-g', () => {
     r.child.kill('SIGTERM');
     assert.equal(await r.exited, 0);
     assert.ok(r.stderr.some((l) => /running with dropped privileges/.test(l)), r.stderr.join('\n'));
+    assert.equal(statSync(stateDir).uid, 65534, 'the key state directory belongs to the user prmux runs as');
   });
 
   it('an unknown user is a clear error before anything is served', async () => {

@@ -125,7 +125,8 @@ export interface StartServeOptions {
 export function startServe(opts: StartServeOptions): Promise<HelperProcess> {
   return startHelper({
     command: process.execPath,
-    args: [opts.cliPath ?? defaultCliPath, 'serve', '-k', opts.socket, ...(opts.args ?? [])],
+    // Its own key state directory (the default, /var/lib/prmux, is the machine's).
+    args: [opts.cliPath ?? defaultCliPath, 'serve', '-k', opts.socket, '--state-dir', `${opts.socket}.state`, ...(opts.args ?? [])],
     socket: opts.socket,
     ...(opts.readyTimeoutMs !== undefined ? { readyTimeoutMs: opts.readyTimeoutMs } : {}),
   });
