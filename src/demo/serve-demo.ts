@@ -59,7 +59,7 @@ export async function runServeDemo(opts: ServeDemoOptions, io: DemoIo): Promise<
       sockets[h.name] = socket;
       serving.push(
         await startServe(
-          { socket, san: join(dir, h.name), verbosity: 1 },
+          { socket, san: join(dir, h.name), verbosity: 1, topologyIntervalMs: 250, verifyIntervalMs: 5000 },
           { pid: process.pid, env: {}, execPath: process.execPath, execArgv: [], argv: [], stderr: io.err, onStopSignal: () => () => undefined },
         ),
       );
@@ -99,32 +99,53 @@ export async function runServeDemo(opts: ServeDemoOptions, io: DemoIo): Promise<
     const out = (sa: number, type = 0) => encodePrOutCdb({ serviceAction: sa, type, parameterListLength: 24 });
     const weRo = PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY;
 
+    const map = 'mapper/mpatha';
+    const fullStatus = async (host: string, label: string) => {
+      const r = await step(`READ FULL STATUS (${label})`, host, map, encodePrInCdb({ serviceAction: PrInAction.READ_FULL_STATUS, allocationLength: 8192 }), null, ScsiStatus.GOOD);
+      const d = decodeReadFullStatus(r.payload).descriptors;
+      for (const x of d) io.out(`       key 0x${x.key.toString(16)} port ${x.relativeTargetPortId} ${formatTransportId(x.transportId)}${x.reservationHolder ? ` holder ${PrTypeName[x.type] ?? x.type}` : ''}`);
+      return d;
+    };
+
     io.out('');
-    io.out('fence_scsi scenario through the prmux sockets (CDB + device fd per command, as QEMU sends them):');
-    for (const h of HOSTS) {
-      for (const dev of ['sda', 'sdb']) await step(`REGISTER key 0x${h.key.toString(16)}`, h.name, dev, out(PrOutAction.REGISTER), params(0n, h.key), ScsiStatus.GOOD);
-    }
-    await step(`RESERVE ${PrTypeName[weRo]}`, 'host1', 'sda', out(PrOutAction.RESERVE, weRo), params(0x1111n, 0n), ScsiStatus.GOOD);
-    const rr = await step('READ RESERVATION', 'host2', 'sdb', encodePrInCdb({ serviceAction: PrInAction.READ_RESERVATION, allocationLength: 8192 }), null, ScsiStatus.GOOD);
-    const res = decodeReadReservation(rr.payload);
-    if (res.reservation !== null) io.out(`       holder key 0x${res.reservation.key.toString(16)}, type ${PrTypeName[res.reservation.type] ?? res.reservation.type}`);
+    io.out('fence_scsi scenario, each guest using its multipath disk (the map fd), as QEMU sends it:');
+    for (const h of HOSTS) await step(`REGISTER key 0x${h.key.toString(16)}`, h.name, map, out(PrOutAction.REGISTER), params(0n, h.key), ScsiStatus.GOOD);
+    const regs = await fullStatus('host1', 'one registration per path of each host');
+    const perPath = regs.length === 4 && HOSTS.every((h) => regs.filter((d) => d.key === h.key).length === 2);
+    ok &&= perPath;
+    io.out(`       ${perPath ? 'each key is on both paths of its host: the fan-out reached every I_T nexus' : 'FAIL: a key is missing from a path'}`);
+    await step(`RESERVE ${PrTypeName[weRo]}`, 'host1', map, out(PrOutAction.RESERVE, weRo), params(0x1111n, 0n), ScsiStatus.GOOD);
     for (const dev of ['sda', 'sdb']) await guestWrite('host1', dev, 'good');
-    await step('PREEMPT AND ABORT key 0x1111 (fence host1)', 'host2', 'sda', out(PrOutAction.PREEMPT_AND_ABORT, weRo), params(0x2222n, 0x1111n), ScsiStatus.GOOD);
-    const rk = await step('READ KEYS', 'host2', 'sda', encodePrInCdb({ serviceAction: PrInAction.READ_KEYS, allocationLength: 8192 }), null, ScsiStatus.GOOD);
-    io.out(`       keys: ${decodeReadKeys(rk.payload).keys.map((k) => `0x${k.toString(16)}`).join(' ')} (PRGENERATION ${decodeReadKeys(rk.payload).generation})`);
+    await step('PREEMPT AND ABORT key 0x1111 (fence host1)', 'host2', map, out(PrOutAction.PREEMPT_AND_ABORT, weRo), params(0x2222n, 0x1111n), ScsiStatus.GOOD);
+    const rk = await step('READ KEYS', 'host2', map, encodePrInCdb({ serviceAction: PrInAction.READ_KEYS, allocationLength: 8192 }), null, ScsiStatus.GOOD);
+    io.out(`       keys: ${decodeReadKeys(rk.payload).keys.map((k) => `0x${k.toString(16)}`).join(' ')}`);
     for (const dev of ['sda', 'sdb']) {
       await guestWrite('host1', dev, 'check-condition'); // the unit attention the preemption left
       await guestWrite('host1', dev, 'reservation-conflict');
     }
-    const seen = await step('READ RESERVATION (the fenced host looks)', 'host1', 'sdb', encodePrInCdb({ serviceAction: PrInAction.READ_RESERVATION, allocationLength: 8192 }), null, ScsiStatus.GOOD);
+    const seen = await step('READ RESERVATION (the fenced host looks)', 'host1', map, encodePrInCdb({ serviceAction: PrInAction.READ_RESERVATION, allocationLength: 8192 }), null, ScsiStatus.GOOD);
     const now = decodeReadReservation(seen.payload).reservation;
     const heldByHost2 = now !== null && now.key === 0x2222n;
     ok &&= heldByHost2;
     io.out(`       ${heldByHost2 ? 'holder is now host2 (key 0x2222)' : 'FAIL: host2 does not hold the reservation'}`);
-    const fs = await step('READ FULL STATUS via the map fd', 'host2', 'mapper/mpatha', encodePrInCdb({ serviceAction: PrInAction.READ_FULL_STATUS, allocationLength: 8192 }), null, ScsiStatus.GOOD);
-    for (const d of decodeReadFullStatus(fs.payload).descriptors) {
-      io.out(`       key 0x${d.key.toString(16)} port ${d.relativeTargetPortId} ${formatTransportId(d.transportId)}${d.reservationHolder ? ` holder ${PrTypeName[d.type] ?? d.type}` : ''}`);
+
+    io.out('');
+    io.out("a path of host2 is hot-removed (the LU drops that I_T nexus's registration) and comes back:");
+    san.san.ctl(['path', 'remove', 'host2', 'sdb']);
+    san.san.ctl(['path', 'add', 'host2', 'sdb']);
+    const back = Date.now();
+    let restored = false;
+    while (!restored && Date.now() - back < 10_000) {
+      await new Promise((r) => setTimeout(r, 100));
+      const c = direct.get('host2') ?? new JsonLineClient(join(dir, 'host2', 'san.sock'));
+      direct.set('host2', c);
+      const r = await c.request({ op: 'exec', dev: 'sda', cdb: Buffer.from(encodePrInCdb({ serviceAction: PrInAction.READ_FULL_STATUS, allocationLength: 8192 })).toString('hex'), data: '' });
+      const o = r['outcome'] as Record<string, unknown> | undefined;
+      if (o?.['kind'] === 'good') restored = decodeReadFullStatus(Buffer.from(String(o['data']), 'hex')).descriptors.filter((d) => d.key === 0x2222n).length === 2;
     }
+    ok &&= restored;
+    io.out(`${restored ? 'ok  ' : 'FAIL'} host2/sdb          the key guard registered 0x2222 on the returned path ${restored ? `after ${Date.now() - back} ms` : '(not within 10 s)'}`);
+    await fullStatus('host2', 'after the path returned');
     io.out('');
     io.out(ok ? 'demo: every command answered as expected' : 'demo: some commands answered unexpectedly');
     if (opts.once === true) return ok ? 0 : 1;
