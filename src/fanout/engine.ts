@@ -34,6 +34,7 @@ import {
   type RepairAction,
   type RepairRecord,
   type VerificationReport,
+  emptyGuardCounters,
 } from './key-guard.js';
 import type { LoadReport } from './state-store.js';
 import type { FanoutResult, MapControl, MapInfo, PathCommand, PathInfo, PathIo, TopologyEvent, TopologySource } from './types.js';
@@ -829,17 +830,3 @@ export class MultipathEngine {
   }
 }
 
-function emptyGuardCounters(): GuardCounters {
-  return {
-    verifications: 0,
-    verificationsFailed: 0,
-    driftFound: 0,
-    repairs: 0,
-    repairsFailed: 0,
-    registrationsAdded: 0,
-    registrationsFailed: 0,
-    fenced: 0,
-    intentWrites: 0,
-    intentWriteFailures: 0,
-  };
-}

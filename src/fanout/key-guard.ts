@@ -241,7 +241,8 @@ function keyHex(k: bigint): string {
   return `0x${k.toString(16)}`;
 }
 
-function emptyCounters(): GuardCounters {
+/** Counters of a map the guard has not acted on yet. */
+export function emptyGuardCounters(): GuardCounters {
   return {
     verifications: 0,
     verificationsFailed: 0,
@@ -334,7 +335,7 @@ export class KeyGuard {
         lastRepair: null,
         fullStatusSupported: null,
         paths: new Map(),
-        counters: emptyCounters(),
+        counters: emptyGuardCounters(),
         registrationLatency: { count: 0, lastMs: null, maxMs: null, totalMs: 0 },
       };
       this.#maps.set(wwid, s);

@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import { LabVm, labUnavailableReason } from './lab-driver.js';
+import { LabVm, labSkipReason } from './lab-driver.js';
 import { SEQUENCES, type Sequence } from '../fidelity/sequences.js';
 import {
   compareRuns,
@@ -116,11 +116,7 @@ async function runHangingOnLio(vm: LabVm, seq: Sequence, hangStep: number): Prom
 
 describe('fidelity: scripted PR sequences on real LIO versus the model (personality lio)', { timeout: 20 * 60_000 }, () => {
   before(async () => {
-    if (process.env['PRMUX_LAB'] === '0') {
-      skipReason = 'disabled by PRMUX_LAB=0';
-      return;
-    }
-    const reason = await labUnavailableReason();
+    const reason = await labSkipReason();
     if (reason !== null) {
       skipReason = reason;
       return;

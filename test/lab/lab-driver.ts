@@ -127,6 +127,15 @@ function lastLines(text: string, n: number): string {
  * Why the lab cannot run here, or null when it can. Builds (installs packages, fetches the kernel) on
  * the way: a cached build is a quick no-op, and a failed one is a reason to skip, not a test failure.
  */
+/**
+ * Why a lab suite must skip, or null to run: PRMUX_LAB=0 turns the lab off on purpose; otherwise
+ * whatever labUnavailableReason finds (not Linux, not root, no QEMU...).
+ */
+export async function labSkipReason(): Promise<string | null> {
+  if (process.env['PRMUX_LAB'] === '0') return 'disabled by PRMUX_LAB=0';
+  return labUnavailableReason();
+}
+
 export async function labUnavailableReason(opts: { cacheDir?: string; buildTimeoutSec?: number } = {}): Promise<string | null> {
   if (process.platform !== 'linux') return `the lab needs Linux (this is ${process.platform})`;
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return 'the lab needs root (apt-get, 9p passthrough share)';

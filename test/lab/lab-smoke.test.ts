@@ -12,7 +12,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import { LabVm, labUnavailableReason } from './lab-driver.js';
+import { LabVm, labSkipReason } from './lab-driver.js';
 
 const PATHS = 2;
 const WWID = '360014056001405c0ffee000000000000';
@@ -82,11 +82,7 @@ function needLab(t: TestContext): LabVm | undefined {
 
 describe('SAN lab smoke (real LIO + dm-multipath in QEMU TCG)', { timeout: 30 * 60_000 }, () => {
   before(async () => {
-    if (process.env['PRMUX_LAB'] === '0') {
-      skipReason = 'disabled by PRMUX_LAB=0';
-      return;
-    }
-    const reason = await labUnavailableReason();
+    const reason = await labSkipReason();
     if (reason !== null) {
       skipReason = reason;
       return;

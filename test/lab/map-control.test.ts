@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import { LabVm, labUnavailableReason, type ExecResult } from './lab-driver.js';
+import { LabVm, labSkipReason, type ExecResult } from './lab-driver.js';
 
 const PATHS = 2;
 const WWID = '360014056001405c0ffee000000000000';
@@ -47,11 +47,7 @@ async function dmState(vm: LabVm): Promise<string> {
 
 describe('fan-out kernel seams in the SAN lab', { timeout: 30 * 60_000 }, () => {
   before(async () => {
-    if (process.env['PRMUX_LAB'] === '0') {
-      skipReason = 'disabled by PRMUX_LAB=0';
-      return;
-    }
-    const reason = await labUnavailableReason();
+    const reason = await labSkipReason();
     if (reason !== null) {
       skipReason = reason;
       return;
@@ -126,11 +122,10 @@ describe('fan-out kernel seams in the SAN lab', { timeout: 30 * 60_000 }, () => 
     assert.notEqual(m.paths[0]!.hcil.host, m.paths[1]!.hcil.host, 'one SCSI host per tcm_loop target');
   });
 
-  // multipathd 0.9.4 listens on the abstract socket only. Node 20's net connects to an abstract name
-  // with the whole 108-byte sun_path (the name padded with NULs), which is another name than the
-  // one multipathd bound (exact length): ECONNREFUSED. MultipathdClient needs its own connect for
-  // abstract names; until then this test reports TODO.
-  it('MultipathTopology reads mpatha from multipathd over its abstract socket, as sysfs shows it', { todo: 'MultipathdClient cannot reach an abstract socket bound by another program on Node 20' }, async (t) => {
+  // multipathd 0.9.4 listens on the abstract socket only, bound with the name's exact length. Node
+  // 20's net would connect with the whole 108-byte sun_path (another name: ECONNREFUSED), so
+  // MultipathdClient connects abstract names itself (unix-fd.ts connectUnixAbstract).
+  it('MultipathTopology reads mpatha from multipathd over its abstract socket, as sysfs shows it', async (t) => {
     const vm = needLab(t);
     if (!vm) return;
     const v = await guestView(vm, null);

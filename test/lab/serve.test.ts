@@ -28,7 +28,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { PrType, ScsiStatus, ScsiStatusName, SenseKey } from '../../src/scsi/constants.js';
 import { repoRoot } from '../support/paths.js';
-import { LabVm, labUnavailableReason } from './lab-driver.js';
+import { LabVm, labSkipReason } from './lab-driver.js';
 
 const PATHS = 2;
 const MAP = '/dev/mapper/mpatha';
@@ -391,11 +391,7 @@ async function resolveDevs(vm: LabVm): Promise<void> {
 
 describe('prmux serve on the SAN lab (real LIO + dm-multipath in QEMU TCG)', { timeout: 30 * 60_000 }, () => {
   before(async () => {
-    if (process.env['PRMUX_LAB'] === '0') {
-      skipReason = 'disabled by PRMUX_LAB=0';
-      return;
-    }
-    const reason = await labUnavailableReason();
+    const reason = await labSkipReason();
     if (reason !== null) {
       skipReason = reason;
       return;
