@@ -14,15 +14,33 @@
 //    polls and the verification timer runs.
 //  - Topology events: a path that becomes usable or is added gets the key at once (key-guard.ts);
 //    a new map is reconciled.
+//  - All or nothing for a guest command that changes registrations on several paths (the kernel's
+//    dm_pr_register does the same for a map): a REGISTER / REGISTER AND IGNORE that fails as a whole
+//    is rolled back on the paths where it succeeded (REGISTER AND IGNORE with the previous key, or
+//    SA key 0 when there was none); the guest still gets the failing path's own status and sense.
+//    Before the fan-out a write-ahead record of the command goes into the map's intent file; after
+//    it the intent is written without it. A record found at start-up means prmux died in the
+//    middle of the command, so the guest never got GOOD for it (QEMU reports a lost helper command
+//    as a failure): every usable path is rolled back to the previous intent before the socket is
+//    served, and paths that were down get the rolled-back state from the guard when they return.
 
 import { ErrorCode, PrmuxError } from '../errors.js';
-import { readU64 } from '../scsi/bytes.js';
+import { hex, readU64 } from '../scsi/bytes.js';
 import { Opcode, PrInActionName, PrOutAction, PrOutActionName } from '../scsi/constants.js';
 import { formatOutcome, outcomeStatus } from '../scsi/outcome.js';
 import { type Logger, nullLogger } from '../socket/logger.js';
 import type { SetTimer } from '../socket/pr-helper-session.js';
 import { executeOnMap, type FanoutContext } from './fanout.js';
-import { emptyIntent, intentMatters, type MapIntent, nextIntent, type ReservationObservation } from './intent.js';
+import {
+  emptyIntent,
+  intentMatters,
+  type MapIntent,
+  nextIntent,
+  type PendingCommand,
+  pendingEffect,
+  type ReservationObservation,
+  withoutPending,
+} from './intent.js';
 import {
   type Finding,
   type GuardCounters,
@@ -196,7 +214,26 @@ export type EngineEvent =
       readonly commands: readonly PathCommand[];
       readonly pendingPaths: readonly string[];
       readonly intentChanged: boolean;
+      /** Paths put back to the previous state because the command failed as a whole (see the top). */
+      readonly rolledBack: readonly RepairAction[];
       readonly durationMs: number;
+    })
+  | (Base & {
+      /**
+       * A write-ahead record was found at start-up (or when the map came back): prmux died while
+       * fanning out this command. 'rolled-back': the usable paths carry the previous intent again;
+       * 'unregister-completed': the command was an unregister and our key is on no nexus any more,
+       * so it is not registered again (never undo what may be a fence); 'key-gone': our key and the
+       * interrupted one are registered nowhere, left to the guard's fence rule.
+       */
+      readonly kind: 'interrupted-command-rolled-back';
+      readonly command: string;
+      readonly startedAt: string;
+      readonly previousKey: string | null;
+      readonly interruptedKey: string | null;
+      readonly resolution: 'rolled-back' | 'unregister-completed' | 'key-gone';
+      readonly repairs: readonly RepairAction[];
+      readonly commands: readonly PathCommand[];
     })
   | (Base & { readonly kind: 'reconciled'; readonly ok: boolean; readonly findings: readonly Finding[]; readonly repairs: readonly RepairAction[] });
 
@@ -254,6 +291,42 @@ function commandName(cdb: Uint8Array): string {
   return `opcode 0x${(cdb[0] ?? 0).toString(16)}`;
 }
 
+function parseHex(h: string): Uint8Array {
+  const out = new Uint8Array(h.length >> 1);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(h.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+function isRegisterAction(sa: number): boolean {
+  return sa === PrOutAction.REGISTER || sa === PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY;
+}
+
+/**
+ * PR OUT commands the fan-out may apply to some paths and not others: REGISTER and REGISTER AND
+ * IGNORE (every path), RELEASE (the holder path gone: preempt self, release, re-register), PREEMPT
+ * of our own key or with SA key 0 (preempt self / preempt all: re-register). Single-path commands
+ * (RESERVE, CLEAR, PREEMPT of another key, REGISTER AND MOVE) are atomic at the target.
+ */
+export function needsWriteAhead(cdb: Uint8Array, dataOut: Uint8Array | null): boolean {
+  if (cdb[0] !== Opcode.PERSISTENT_RESERVE_OUT) return false;
+  const sa = (cdb[1] ?? 0) & 0x1f;
+  if (isRegisterAction(sa) || sa === PrOutAction.RELEASE) return true;
+  if (sa !== PrOutAction.PREEMPT && sa !== PrOutAction.PREEMPT_AND_ABORT) return false;
+  if (dataOut === null || dataOut.length < 16) return false;
+  const key = readU64(dataOut, 0);
+  const saKey = readU64(dataOut, 8);
+  return key !== 0n && (saKey === key || saKey === 0n);
+}
+
+/**
+ * The key the paths carried before a command when the intent does not know it (state directory
+ * lost): the RESERVATION KEY of a PR OUT the target checks against the nexus's registration
+ * (SPC-4 5.13.7; REGISTER AND IGNORE's is not checked, so it says nothing).
+ */
+function keyFromCommand(sa: number, key: bigint): bigint | null {
+  return key !== 0n && sa !== PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY ? key : null;
+}
+
 function describeKey(k: MapKey): string {
   const parts: string[] = [];
   if (k.name !== undefined) parts.push(`map ${k.name}`);
@@ -300,6 +373,8 @@ export class MultipathEngine {
   readonly #lastCommand = new Map<string, CommandSummary>();
   readonly #pathChanges = new Map<string, { at: string; usable: boolean }>();
   readonly #inflight = new Set<Promise<unknown>>();
+  /** Intents loaded with a write-ahead record (a command prmux died in), until rolled back. */
+  readonly #interrupted = new Map<string, MapIntent>();
 
   constructor(opts: MultipathEngineOptions) {
     this.#topology = opts.topology;
@@ -379,8 +454,15 @@ export class MultipathEngine {
     this.#state = 'starting';
     await this.#store.init?.();
     const loaded = await this.#store.loadAll();
-    this.#guard.load(loaded.intents);
-    this.#log.info('loaded map intents', { intents: loaded.intents.length, corrupt: loaded.corrupt.length, leftovers: loaded.leftovers.length });
+    // The guard works on the previous intent; the record is kept here until the paths are rolled
+    // back (#recoverInterrupted, under the map's lock, before anything else runs on the map).
+    const intents = loaded.intents.map((i) => {
+      if (i.pending === undefined) return i;
+      this.#interrupted.set(i.wwid, i);
+      return withoutPending(i);
+    });
+    this.#guard.load(intents);
+    this.#log.info('loaded map intents', { intents: loaded.intents.length, interrupted: this.#interrupted.size, corrupt: loaded.corrupt.length, leftovers: loaded.leftovers.length });
     this.#unsubscribe = this.#topology.onEvent((e) => this.#onTopology(e));
     let maps: readonly MapInfo[];
     try {
@@ -459,6 +541,7 @@ export class MultipathEngine {
 
   /** Announce, register everywhere (fence-checked), verify. Called with the map's lock held. */
   async #reconcile(wwid: string, trigger: RegistrationTrigger): Promise<void> {
+    await this.#recoverInterrupted(wwid);
     const map = this.#currentMap(wwid);
     const intent = this.#guard.intentOf(wwid);
     if (map === null || intent === null || !intentMatters(intent)) return;
@@ -564,6 +647,7 @@ export class MultipathEngine {
       const reqs = this.#pending.get(wwid);
       this.#pending.delete(wwid);
       if (reqs === undefined || this.#state !== 'running') return;
+      await this.#recoverInterrupted(wwid);
       const map = this.#currentMap(wwid);
       if (map === null) return;
       await this.#guard.registerPaths(
@@ -592,7 +676,7 @@ export class MultipathEngine {
     await this.#guard.flushDirty();
     const wanted = this.#topology.maps().filter((m) => {
       const i = this.#guard.intentOf(m.wwid);
-      return i !== null && intentMatters(i);
+      return (i !== null && intentMatters(i)) || this.#interrupted.has(m.wwid);
     });
     const reports: VerificationReport[] = [];
     await this.#forEachBounded(wanted, async (m) => {
@@ -613,6 +697,7 @@ export class MultipathEngine {
   #verifyLocked(wwid: string): Promise<VerificationReport | null> {
     return this.#locked(wwid, async () => {
       if (this.#state === 'closed') return null;
+      await this.#recoverInterrupted(wwid);
       const map = this.#currentMap(wwid);
       return map === null ? null : this.#guard.verify(map);
     });
@@ -652,6 +737,14 @@ export class MultipathEngine {
       if (fresh === null) throw new PrmuxError(ErrorCode.DEVICE, `Cannot run a PR command on map ${found.name}: it is gone (WWID ${wwid})`);
       map = fresh;
     }
+    // A command prmux died in comes first: the guest's new command starts from the previous state.
+    await this.#recoverInterrupted(wwid);
+    const before = this.#guard.intentOf(wwid);
+    let writeAhead = false;
+    if (isOut && needsWriteAhead(cdb, dataOut)) {
+      const record: PendingCommand = { cdb: hex(cdb), data: dataOut === null ? null : hex(dataOut), startedAt: this.#iso() };
+      writeAhead = await this.#guard.writeAhead(map, record);
+    }
     const ctx: FanoutContext = {
       map,
       io: this.#io,
@@ -667,8 +760,17 @@ export class MultipathEngine {
     const result = await this.#fanout(cdb, dataOut, allocationLength, ctx);
     const extra: PathCommand[] = [];
     let intentChanged = false;
+    let rolledBack: RepairAction[] = [];
     if (isOut && result.outcome.kind === 'good') {
       intentChanged = await this.#applyIntent(map, cdb, dataOut, result, extra);
+    } else if (isOut) {
+      const rb = await this.#rollBack(map, before, cdb, dataOut, result, extra);
+      rolledBack = rb.actions;
+      intentChanged = rb.intentChanged;
+    }
+    if (writeAhead && !intentChanged) {
+      // The intent did not change, but the file holds the write-ahead record: replace it.
+      await this.#guard.commit(map, this.#guard.intentOf(wwid) ?? emptyIntent(wwid, map.name, this.#iso()), { force: true });
     }
     const c = this.#counters(wwid);
     c.commands++;
@@ -699,9 +801,160 @@ export class MultipathEngine {
       commands: [...result.commands, ...extra],
       pendingPaths: result.pendingPaths,
       intentChanged,
+      rolledBack,
       durationMs,
     });
     return result;
+  }
+
+  /**
+   * A PR OUT failed as a whole: put the paths it changed back as they were (the kernel's
+   * dm_pr_register rolls a map's paths back the same way). Paths changed: a GOOD REGISTER / REGISTER
+   * AND IGNORE among the commands sent; after a GOOD PREEMPT of our own key (moving a reservation)
+   * every usable path, since the PREEMPT removed our registrations from the others. They get
+   * REGISTER AND IGNORE with the previous key (SA key 0 when there was none) and the previous
+   * APTPL / ALL_TG_PT. When there was no key and a copy may have registered the new one, the intent
+   * records it as our last key, so the guard removes it wherever it is left (a path that failed
+   * after the target executed the command, or where the rollback failed).
+   */
+  async #rollBack(
+    map: MapInfo,
+    before: MapIntent | null,
+    cdb: Uint8Array,
+    dataOut: Uint8Array | null,
+    result: FanoutResult,
+    extra: PathCommand[],
+  ): Promise<{ actions: RepairAction[]; intentChanged: boolean }> {
+    const none = { actions: [], intentChanged: false };
+    if (cdb[0] !== Opcode.PERSISTENT_RESERVE_OUT || dataOut === null || dataOut.length < 24) return none;
+    const sa = (cdb[1] ?? 0) & 0x1f;
+    const touched = new Set<string>();
+    const failedAtTransport = new Set<string>();
+    let selfPreempted = false;
+    let maybeRegistered = false;
+    for (const c of result.commands) {
+      if (!c.cdb.startsWith('5f')) continue;
+      const csa = parseInt(c.cdb.slice(2, 4), 16) & 0x1f;
+      if (c.outcome.kind === 'transport-failure') failedAtTransport.add(c.path);
+      else failedAtTransport.delete(c.path);
+      if (isRegisterAction(csa)) {
+        if (c.outcome.kind === 'good') touched.add(c.path);
+        else if (c.outcome.kind === 'transport-failure') maybeRegistered = true;
+      }
+      if (c.outcome.kind === 'good' && c.role === 'preempt-self' && (csa === PrOutAction.PREEMPT || csa === PrOutAction.PREEMPT_AND_ABORT)) selfPreempted = true;
+    }
+    if (!isRegisterAction(sa) && !selfPreempted) return none;
+    const targets = new Set(touched);
+    if (selfPreempted) for (const p of map.paths) if (p.usable && !failedAtTransport.has(p.dev)) targets.add(p.dev);
+    const keyField = readU64(dataOut, 0);
+    const newKey = isRegisterAction(sa) ? readU64(dataOut, 8) : keyField;
+    const prevKey = before?.key ?? keyFromCommand(sa, keyField);
+    const flags = { aptpl: before?.aptpl ?? false, allTgPt: before?.allTgPt ?? (dataOut[20]! & 0x04) !== 0 };
+    let actions: RepairAction[] = [];
+    if (targets.size > 0) {
+      this.#log.warn('PR command failed after changing some paths: restoring their previous registration', {
+        wwid: map.wwid,
+        map: map.name,
+        command: commandName(cdb),
+        paths: [...targets],
+        key: hexKey(prevKey),
+      });
+      actions = await this.#guard.restorePaths(map, [...targets], prevKey, flags, 'rollback', extra);
+    }
+    // No key before, and the new one may be left somewhere: make it the last key (stray if seen).
+    if (prevKey === null && newKey !== 0n && (touched.size > 0 || maybeRegistered)) {
+      const base = before ?? emptyIntent(map.wwid, map.name, this.#iso());
+      if (base.lastKey !== newKey) {
+        await this.#guard.commit(map, { ...base, mapName: map.name, lastKey: newKey, updatedAt: this.#iso() });
+        return { actions, intentChanged: true };
+      }
+    }
+    return { actions, intentChanged: false };
+  }
+
+  /**
+   * Roll back a command prmux died in (its write-ahead record was loaded at start-up): under the
+   * map's lock, before anything else runs on the map. Needs the map present and one usable path to
+   * read the LU through; otherwise it is tried again at the next reconcile, path return,
+   * verification or guest command. Never undoes a fence: the previous key is registered again only
+   * when the LU still shows it or the interrupted key on some nexus (so our own command removed it).
+   */
+  async #recoverInterrupted(wwid: string): Promise<void> {
+    const rec = this.#interrupted.get(wwid);
+    if (rec === undefined || rec.pending === undefined) return;
+    const map = this.#currentMap(wwid);
+    if (map === null) return;
+    const usable = map.paths.filter((p) => p.usable).map((p) => p.dev);
+    const eff = pendingEffect(rec.pending);
+    const command = commandName(parseHex(rec.pending.cdb));
+    if (usable.length === 0) {
+      this.#log.warn('a PR command was interrupted; no usable path to roll it back through yet', { wwid, map: map.name, command });
+      return;
+    }
+    const commands: PathCommand[] = [];
+    const status = await this.#guard.readStatus(map, commands);
+    if (status === null) {
+      this.#log.warn('a PR command was interrupted; the LU cannot be read to roll it back yet', { wwid, map: map.name, command });
+      return;
+    }
+    const prev = this.#guard.intentOf(wwid) ?? withoutPending(rec);
+    const prevKey = prev.key ?? keyFromCommand(eff.serviceAction, eff.key);
+    const interruptedKey = eff.registering;
+    const seen = (k: bigint | null): boolean => k !== null && status.keys.includes(k);
+    const now = this.#iso();
+    let next: MapIntent = prev;
+    let repairs: RepairAction[] = [];
+    let resolution: 'rolled-back' | 'unregister-completed' | 'key-gone' = 'rolled-back';
+    if (prevKey !== null) {
+      if (seen(prevKey) || seen(interruptedKey)) {
+        repairs = await this.#guard.restorePaths(map, usable, prevKey, { aptpl: prev.aptpl, allTgPt: prev.allTgPt }, 'interrupted-command', commands);
+        if (prev.key !== prevKey) next = { ...prev, key: prevKey, lastKey: prevKey, updatedAt: now };
+      } else if (!status.complete) {
+        this.#log.warn('a PR command was interrupted; the keys read were cut short, not rolling back yet', { wwid, map: map.name, command });
+        return;
+      } else if (isRegisterAction(eff.serviceAction) && interruptedKey === null) {
+        // The unregister reached every nexus (or another host removed the key meanwhile): the
+        // previous key is registered nowhere and is not brought back.
+        resolution = 'unregister-completed';
+        next = { ...prev, key: null, lastKey: prevKey, reservation: null, updatedAt: now };
+      } else {
+        // Neither key anywhere: preempted or cleared; the guard's fence rule decides (reconcile).
+        resolution = 'key-gone';
+      }
+    } else {
+      if (seen(interruptedKey)) {
+        const allTgPt = rec.pending.data !== null && rec.pending.data.length >= 42 && (parseInt(rec.pending.data.slice(40, 42), 16) & 0x04) !== 0;
+        repairs = await this.#guard.restorePaths(map, usable, null, { aptpl: prev.aptpl, allTgPt }, 'interrupted-command', commands);
+      }
+      // The interrupted key becomes our last key: a path that was down gets it removed on return.
+      if (interruptedKey !== null && prev.lastKey !== interruptedKey) next = { ...prev, lastKey: interruptedKey, updatedAt: now };
+    }
+    this.#interrupted.delete(wwid);
+    await this.#guard.commit(map, next.mapName === map.name ? next : { ...next, mapName: map.name }, { force: true });
+    const fields = {
+      wwid,
+      map: map.name,
+      command,
+      startedAt: rec.pending.startedAt,
+      previousKey: hexKey(prevKey),
+      interruptedKey: hexKey(interruptedKey),
+      resolution,
+      repairs: repairs.map((r) => `${r.path}:${r.ok ? 'ok' : r.outcome}`),
+    };
+    this.#log.warn('interrupted PR command rolled back to the previous intent', fields);
+    this.#emit({
+      kind: 'interrupted-command-rolled-back',
+      at: this.#iso(),
+      wwid,
+      map: map.name,
+      command,
+      startedAt: rec.pending.startedAt,
+      previousKey: hexKey(prevKey),
+      interruptedKey: hexKey(interruptedKey),
+      resolution,
+      repairs,
+      commands,
+    });
   }
 
   /** nextIntent after a GOOD PR OUT, its write and announcement; true when the intent changed. */

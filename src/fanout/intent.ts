@@ -17,8 +17,14 @@ import { isAllRegistrantsType, Opcode, PrOutAction, type PrType } from '../scsi/
 import { readU64 } from '../scsi/bytes.js';
 import type { FanoutResult } from './types.js';
 
-/** Version of the JSON form written by intentToJson; loadIntent refuses others. */
-export const INTENT_FORMAT_VERSION = 1;
+/**
+ * Newest version of the JSON form (2: adds the optional write-ahead `pending` record). intentToJson
+ * writes version 1 when there is no `pending`, so a file without an interrupted command stays
+ * readable by a prmux that knows version 1 only; intentFromJson reads 1 and 2 and refuses others.
+ */
+export const INTENT_FORMAT_VERSION = 2;
+/** The version written for an intent without `pending` (the original format). */
+export const INTENT_FORMAT_VERSION_BASIC = 1;
 
 export interface FencedNote {
   /** When the guard found our key gone from every nexus (ISO 8601). */
@@ -27,6 +33,25 @@ export interface FencedNote {
   readonly formerKey: bigint;
   /** What was seen, for admins ("key absent from all 3 registrations; reservation held by 0xbb"). */
   readonly detail: string;
+}
+
+/**
+ * Write-ahead record of a guest PERSISTENT RESERVE OUT that may change this host's registrations on
+ * several paths (REGISTER, REGISTER AND IGNORE, RELEASE, PREEMPT of our own key or of an All
+ * Registrants reservation: the fan-out sends several commands, and a crash can leave some paths
+ * changed and others not). Written before the fan-out, cleared (the intent written without it)
+ * once the command completed. While it is set, the other fields of the intent are the PREVIOUS
+ * intent, the one the guest last got GOOD for: a prmux that finds it at start-up knows the command
+ * was interrupted (the guest never got GOOD for it: QEMU reports a lost helper command as a
+ * failure) and rolls the paths back to that intent.
+ */
+export interface PendingCommand {
+  /** The guest's CDB, hex. */
+  readonly cdb: string;
+  /** The guest's parameter list, hex (null when there was none). */
+  readonly data: string | null;
+  /** When the fan-out started (ISO 8601). */
+  readonly startedAt: string;
 }
 
 export interface MapIntent {
@@ -46,6 +71,8 @@ export interface MapIntent {
   readonly reservation: { readonly type: number } | null;
   /** Set when the guard found that another host fenced us; cleared by our next successful REGISTER. */
   readonly fenced?: FencedNote;
+  /** Set only on disk, while a guest command is being fanned out (see PendingCommand). */
+  readonly pending?: PendingCommand;
   readonly updatedAt: string;
 }
 
@@ -103,9 +130,15 @@ function sameFence(a: FencedNote | undefined, b: FencedNote | undefined): boolea
   return a.at === b.at && a.formerKey === b.formerKey && a.detail === b.detail;
 }
 
+function samePending(a: PendingCommand | undefined, b: PendingCommand | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.cdb === b.cdb && a.data === b.data && a.startedAt === b.startedAt;
+}
+
 /** Equality of everything but updatedAt (and the map name, which is bookkeeping). */
 export function sameIntentState(a: MapIntent, b: MapIntent): boolean {
   return (
+    samePending(a.pending, b.pending) &&
     a.wwid === b.wwid &&
     a.key === b.key &&
     a.lastKey === b.lastKey &&
@@ -214,18 +247,67 @@ export function withReservation(prev: MapIntent, reservation: MapIntent['reserva
   return { ...prev, reservation, updatedAt: now };
 }
 
+// --- write-ahead record ----------------------------------------------------------------------------
+
+/** `prev` with the write-ahead record of a command about to be fanned out. */
+export function withPending(prev: MapIntent, pending: PendingCommand): MapIntent {
+  return { ...prev, pending };
+}
+
+/** The intent without its write-ahead record (`i` itself when it has none). */
+export function withoutPending(i: MapIntent): MapIntent {
+  if (i.pending === undefined) return i;
+  const { pending: _dropped, ...rest } = i;
+  return rest;
+}
+
+/** What an interrupted command was doing to this host's registrations, read from its record. */
+export interface PendingEffect {
+  readonly opcode: number;
+  readonly serviceAction: number;
+  /** RESERVATION KEY of the parameter list (0 when none could be read). */
+  readonly key: bigint;
+  /**
+   * The key the command was registering on our paths: the SERVICE ACTION RESERVATION KEY of a
+   * REGISTER / REGISTER AND IGNORE (null for SA key 0, an unregister), else the RESERVATION KEY
+   * (PREEMPT of our own key and RELEASE re-register it), null when unreadable.
+   */
+  readonly registering: bigint | null;
+}
+
+function fromHex(h: string): Uint8Array | null {
+  if (h.length % 2 !== 0 || !/^[0-9a-f]*$/i.test(h)) return null;
+  const out = new Uint8Array(h.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(h.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+export function pendingEffect(p: PendingCommand): PendingEffect {
+  const cdb = fromHex(p.cdb) ?? new Uint8Array(0);
+  const data = p.data === null ? null : fromHex(p.data);
+  const opcode = cdb[0] ?? 0;
+  const serviceAction = (cdb[1] ?? 0) & 0x1f;
+  const f = opcode === Opcode.PERSISTENT_RESERVE_OUT ? readOutFields(serviceAction, data) : null;
+  if (f === null) return { opcode, serviceAction, key: 0n, registering: null };
+  const isRegister = serviceAction === PrOutAction.REGISTER || serviceAction === PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY;
+  const registering = isRegister ? f.saKey : f.key;
+  return { opcode, serviceAction, key: f.key, registering: registering === 0n ? null : registering };
+}
+
 // --- JSON ------------------------------------------------------------------------------------------
 
 /*
  * On disk (state-store.ts writes one file per WWID):
  *   { "version": 1, "wwid": "3600...", "mapName": "mpatha", "key": "0x1234" | null,
  *     "lastKey": "0x1234" | null, "aptpl": false, "allTgPt": false, "reservation": { "type": 5 } | null,
- *     "fenced": { "at": "...", "formerKey": "0x1234", "detail": "..." } (optional), "updatedAt": "..." }
- * Keys are hex strings: JSON numbers cannot carry 64 bits.
+ *     "fenced": { "at": "...", "formerKey": "0x1234", "detail": "..." } (optional), "updatedAt": "...",
+ *     "pending": { "cdb": "5f00...", "data": "00..." | null, "startedAt": "..." } (optional, version 2) }
+ * Keys are hex strings: JSON numbers cannot carry 64 bits. Version 1 is written when there is no
+ * "pending", so only a file of an interrupted command needs a prmux that reads version 2.
  */
 export function intentToJson(i: MapIntent): string {
   const doc: Record<string, unknown> = {
-    version: INTENT_FORMAT_VERSION,
+    version: i.pending === undefined ? INTENT_FORMAT_VERSION_BASIC : INTENT_FORMAT_VERSION,
     wwid: i.wwid,
     mapName: i.mapName,
     key: i.key === null ? null : keyHex(i.key),
@@ -236,6 +318,7 @@ export function intentToJson(i: MapIntent): string {
     updatedAt: i.updatedAt,
   };
   if (i.fenced !== undefined) doc['fenced'] = { at: i.fenced.at, formerKey: keyHex(i.fenced.formerKey), detail: i.fenced.detail };
+  if (i.pending !== undefined) doc['pending'] = { cdb: i.pending.cdb, data: i.pending.data, startedAt: i.pending.startedAt };
   return JSON.stringify(doc, null, 2) + '\n';
 }
 
@@ -274,7 +357,9 @@ export function intentFromJson(text: string): MapIntent {
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new DecodeError(STRUCTURE, 'document', doc, 'is not a JSON object');
   const o = doc as Record<string, unknown>;
-  if (o['version'] !== INTENT_FORMAT_VERSION) throw new DecodeError(STRUCTURE, 'version', o['version'], `is not ${INTENT_FORMAT_VERSION}`);
+  if (o['version'] !== INTENT_FORMAT_VERSION && o['version'] !== INTENT_FORMAT_VERSION_BASIC) {
+    throw new DecodeError(STRUCTURE, 'version', o['version'], `is not ${INTENT_FORMAT_VERSION_BASIC} or ${INTENT_FORMAT_VERSION}`);
+  }
   const wwid = parseString('wwid', o['wwid']);
   if (wwid === '') throw new DecodeError(STRUCTURE, 'wwid', wwid, 'is empty');
   const res = o['reservation'];
@@ -299,6 +384,16 @@ export function intentFromJson(text: string): MapIntent {
     if (typeof fenced !== 'object') throw new DecodeError(STRUCTURE, 'fenced', fenced, 'is not an object');
     const fo = fenced as Record<string, unknown>;
     intent.fenced = { at: parseString('fenced.at', fo['at']), formerKey: parseKey('fenced.formerKey', fo['formerKey']), detail: parseString('fenced.detail', fo['detail']) };
+  }
+  const pending = o['pending'];
+  if (pending !== undefined && pending !== null) {
+    if (typeof pending !== 'object' || Array.isArray(pending)) throw new DecodeError(STRUCTURE, 'pending', pending, 'is not an object');
+    const po = pending as Record<string, unknown>;
+    const cdb = parseString('pending.cdb', po['cdb']);
+    if (!/^([0-9a-f]{2}){6,32}$/i.test(cdb)) throw new DecodeError(STRUCTURE, 'pending.cdb', cdb, 'is not a CDB in hex');
+    const data = po['data'] ?? null;
+    if (data !== null && (typeof data !== 'string' || !/^([0-9a-f]{2})*$/i.test(data))) throw new DecodeError(STRUCTURE, 'pending.data', data, 'is not a parameter list in hex or null');
+    intent.pending = { cdb, data, startedAt: parseString('pending.startedAt', po['startedAt']) };
   }
   return intent;
 }

@@ -37,7 +37,7 @@ import { encodePrOutParams } from '../scsi/prout-params.js';
 import { formatTransportId } from '../scsi/transport-id.js';
 import type { ScsiOutcome } from '../scsi/types.js';
 import { type Logger, nullLogger } from '../socket/logger.js';
-import { fenceIntent, type MapIntent, sameIntentState, withReservation } from './intent.js';
+import { emptyIntent, fenceIntent, type MapIntent, type PendingCommand, sameIntentState, withPending, withReservation } from './intent.js';
 import type { MapInfo, PathCommand, PathInfo, PathIo, TopologySource } from './types.js';
 
 // --- observable values ------------------------------------------------------------------------------
@@ -149,7 +149,11 @@ export interface PathKeyState {
 
 export interface RepairRecord {
   readonly at: string;
-  readonly trigger: 'verification' | RegistrationTrigger;
+  /**
+   * 'rollback': paths restored after a guest REGISTER that failed as a whole; 'interrupted-command':
+   * paths rolled back at start-up after a command prmux was killed in the middle of.
+   */
+  readonly trigger: 'verification' | 'rollback' | 'interrupted-command' | RegistrationTrigger;
   readonly what: readonly RepairAction[];
   readonly ok: boolean;
 }
@@ -413,10 +417,11 @@ export class KeyGuard {
    * changed, tell multipathd. A failed write is logged and retried by flushDirty(); the command
    * that changed the intent did succeed at the target and cannot be taken back.
    */
-  async commit(map: MapInfo, next: MapIntent): Promise<void> {
+  async commit(map: MapInfo, next: MapIntent, opts: { readonly force?: boolean } = {}): Promise<void> {
     const s = this.#state(map.wwid);
     const prev = s.intent;
-    if (prev !== null && prev === next) return;
+    // `force`: write even an unchanged intent (it replaces a write-ahead record on disk).
+    if (prev !== null && prev === next && opts.force !== true) return;
     s.intent = next;
     await this.#persist(s, map.name);
     if (prev?.key !== next.key) await this.announce(map);
@@ -435,6 +440,54 @@ export class KeyGuard {
       this.#log.error('cannot write the map intent; it is kept in memory and written again later', { wwid: s.wwid, map: mapName, error: (e as Error).message });
     }
     this.#emit({ kind: 'intent-changed', at: this.#iso(), wwid: s.wwid, map: mapName, intent, persisted: s.persisted });
+  }
+
+  /**
+   * Write the map's intent with the write-ahead record of a guest command about to be fanned out
+   * (intent.ts PendingCommand); the in-memory intent is not changed. Resolves true once the record
+   * is durable, false when the write failed (logged; the command still runs: refusing every PR OUT
+   * on a full disk would be worse than the crash window the record closes).
+   */
+  async writeAhead(map: MapInfo, pending: PendingCommand): Promise<boolean> {
+    const s = this.#state(map.wwid);
+    const base = s.intent ?? emptyIntent(map.wwid, map.name, this.#iso());
+    s.counters.intentWrites++;
+    try {
+      await this.#store.save(withPending(base, pending));
+      return true;
+    } catch (e) {
+      s.counters.intentWriteFailures++;
+      this.#log.error('cannot write the write-ahead record of a PR command; running it without', { wwid: map.wwid, map: map.name, error: (e as Error).message });
+      return false;
+    }
+  }
+
+  /**
+   * Put our registration back on `paths` as it was before a command that did not complete:
+   * REGISTER AND IGNORE EXISTING KEY with `key` (null: SA key 0, unregister) and the previous
+   * APTPL / ALL_TG_PT flags. Only for commands of this host that changed these paths themselves:
+   * it never brings back a key someone else removed (see the top of the file).
+   */
+  async restorePaths(
+    map: MapInfo,
+    paths: readonly string[],
+    key: bigint | null,
+    flags: { readonly aptpl: boolean; readonly allTgPt: boolean },
+    trigger: RepairRecord['trigger'],
+    out: PathCommand[],
+  ): Promise<RepairAction[]> {
+    const s = this.#state(map.wwid);
+    const actions = await Promise.all(
+      paths.map(async (dev): Promise<RepairAction> => {
+        const o = await this.#registerOn(map, dev, key ?? 0n, flags.aptpl, flags.allTgPt, 'repair', out);
+        const ok = o.kind === 'good';
+        if (ok) this.#setPath(s, dev, key === null ? { key: null, status: 'unregistered' } : { key, status: 'registered' });
+        else this.#setPath(s, dev, { key: s.paths.get(dev)?.key ?? null, status: 'unknown' });
+        return { kind: key === null ? 'unregister' : 'register', path: dev, key: keyHex(key ?? 0n), ok, outcome: formatOutcome(o) };
+      }),
+    );
+    this.#recordRepairs(map, s, actions, trigger);
+    return actions;
   }
 
   /** Write again every intent whose last write failed. */

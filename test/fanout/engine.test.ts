@@ -7,9 +7,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { type EngineEvent, type EngineStore, type FanoutFn, MultipathEngine } from '../../src/fanout/engine.js';
+import { executeOnMap } from '../../src/fanout/fanout.js';
 import { emptyIntent, type MapIntent } from '../../src/fanout/intent.js';
 import { mapKeyOf, MultipathBackend } from '../../src/fanout/multipath-backend.js';
-import type { FanoutResult, MapControl, MapInfo } from '../../src/fanout/types.js';
+import type { FanoutResult, MapControl, MapInfo, PathIo } from '../../src/fanout/types.js';
 import { isPrmuxError } from '../../src/errors.js';
 import { PrInAction, PrOutAction, ScsiStatus } from '../../src/scsi/constants.js';
 import { good, reservationConflict } from '../../src/scsi/outcome.js';
@@ -74,18 +75,24 @@ interface Host {
   clock: { t: number };
 }
 
-function host(lun: PrDeviceServer, name: string, ports: [number, number], opts: { intents?: MapIntent[]; fanout?: FanoutFn; maxQueuedPerMap?: number; maps?: MapInfo[] } = {}): Host {
-  const io = new ModelPathIo(lun, name, [
+function host(
+  lun: PrDeviceServer,
+  name: string,
+  ports: [number, number],
+  opts: { intents?: MapIntent[]; fanout?: FanoutFn; maxQueuedPerMap?: number; maps?: MapInfo[]; store?: MemoryStore; wrapIo?: (io: ModelPathIo) => PathIo; io?: ModelPathIo } = {},
+): Host {
+  // `opts.io`: a restarted prmux reaches the LU through the same nexuses.
+  const io = opts.io ?? new ModelPathIo(lun, name, [
     { dev: 'sda', initiatorPort: ports[0], relativeTargetPortId: 1 },
     { dev: 'sdb', initiatorPort: ports[1], relativeTargetPortId: 2 },
   ]);
   const topo = new FakeTopology(opts.maps ?? [makeMap('mpatha', WA, [{ dev: 'sda', host: 1 }, { dev: 'sdb', host: 2 }])]);
-  const store = new MemoryStore(opts.intents ?? []);
+  const store = opts.store ?? new MemoryStore(opts.intents ?? []);
   const timers = new FakeTimers();
   const clock = { t: 0 };
   const engine = new MultipathEngine({
     topology: topo,
-    io,
+    io: opts.wrapIo ? opts.wrapIo(io) : io,
     control: noControl,
     store,
     setTimer: timers.setTimer,
@@ -256,11 +263,19 @@ describe('MultipathEngine commands', () => {
     assert.equal(h.store.saved.at(-1)?.key, K1);
     assert.equal(h.store.saved.at(-1)?.aptpl, true);
     assert.deepEqual(h.topo.announced.at(-1), { wwid: WA, map: 'mpatha', key: K1 });
-    // A REGISTER with the wrong key conflicts: nothing changes.
+    assert.equal(h.store.saved.at(-1)?.pending, undefined, 'the final write carries no write-ahead record');
+    // A REGISTER with the wrong key conflicts: nothing changes. The write-ahead record is written
+    // and then replaced by the unchanged intent.
     const writes = h.store.saved.length;
     const bad = await run(h, prOut(PrOutAction.REGISTER, { key: 0x9999n, saKey: K2 }));
     assert.equal(bad.outcome.kind, 'reservation-conflict');
-    assert.equal(h.store.saved.length, writes);
+    assert.equal(h.store.saved.length, writes + 2);
+    assert.ok(h.store.saved[writes]!.pending !== undefined);
+    const last = h.store.saved.at(-1)!;
+    assert.equal(last.pending, undefined);
+    assert.equal(last.key, K1);
+    assert.equal(last.lastKey, K1);
+    assert.deepEqual(keysOf(lun), [K1, K1]);
     const done = h.events.filter((e) => e.kind === 'command-done');
     assert.equal(done.length, 2);
     const first = done[0]!;
@@ -495,5 +510,218 @@ describe('two hosts, one LU, the real fan-out', () => {
     assert.equal((await run(h1, prOut(PrOutAction.REGISTER, { saKey: K1 }))).outcome.kind, 'good');
     assert.equal(h1.engine.mapSnapshot({ wwid: WA })!.intent?.fenced, null);
     await Promise.all([h1.engine.close(), h2.engine.close()]);
+  });
+});
+
+// --- rollback of a failed REGISTER, write-ahead record and recovery after a crash -----------------
+
+/** A store that keeps the first `durable` writes and never completes any later one (the crash). */
+class CrashingStore extends MemoryStore {
+  constructor(
+    readonly durable: number,
+    initial: MapIntent[] = [],
+  ) {
+    super(initial);
+  }
+  override async save(i: MapIntent): Promise<void> {
+    if (this.saved.length >= this.durable) return new Promise<void>(() => {});
+    this.saved.push(i);
+  }
+}
+
+/** What a restarted prmux finds on disk: the last durable write. */
+function onDisk(store: MemoryStore): MapIntent[] {
+  const last = store.saved.at(-1);
+  return last === undefined ? [] : [last];
+}
+
+async function until(what: string, cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 1000 && !cond(); i++) await settle();
+  assert.ok(cond(), what);
+}
+
+function register(lun: PrDeviceServer, io: ModelPathIo, dev: string, key: bigint): void {
+  const c = prOut(PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, { saKey: key });
+  assert.equal(lun.execute(io.nexusOf(dev), c.cdb, c.dataOut!).kind, 'good');
+}
+
+describe('MultipathEngine: a REGISTER that fails as a whole is rolled back', () => {
+  it('first REGISTER over a path that drops it while multipath calls it up: the guest gets that path failure, sda is unregistered again', async () => {
+    const lun = newLun();
+    const h = host(lun, 'h1', [1, 2]);
+    await h.engine.start();
+    h.io.setDown('sdb', true); // transport failures; the topology (and the recheck) still say usable
+    const r = await run(h, prOut(PrOutAction.REGISTER, { saKey: K1 }));
+    assert.equal(r.outcome.kind, 'transport-failure', 'the failing path answer, as the fan-out chose it');
+    assert.equal(r.decidedBy, 'sdb');
+    assert.equal(h.io.keyOn('sda'), null, 'rolled back');
+    assert.equal(h.io.keyOn('sdb'), null);
+    const done = h.events.find((e) => e.kind === 'command-done');
+    assert.ok(done && done.kind === 'command-done');
+    assert.deepEqual(done.rolledBack.map((a) => [a.kind, a.path, a.ok]), [['unregister', 'sda', true]]);
+    // The key the failed command may have left anywhere is the last key: stray wherever it shows up.
+    const intent = h.store.saved.at(-1)!;
+    assert.equal(intent.key, null);
+    assert.equal(intent.lastKey, K1);
+    assert.equal(intent.pending, undefined);
+    // A copy that reached sdb's LU although its answer was lost is removed by the guard.
+    h.io.setDown('sdb', false);
+    register(lun, h.io, 'sdb', K1);
+    await h.engine.verifyAll();
+    assert.deepEqual(keysOf(lun), []);
+    await h.engine.close();
+  });
+
+  it('key change K1 -> K2 that fails on one path: the path that took K2 gets K1 back with the previous APTPL', async () => {
+    const lun = newLun();
+    const h = host(lun, 'h1', [1, 2]);
+    await h.engine.start();
+    assert.equal((await run(h, prOut(PrOutAction.REGISTER, { saKey: K1, aptpl: true }))).outcome.kind, 'good');
+    h.io.setDown('sdb', true);
+    const r = await run(h, prOut(PrOutAction.REGISTER, { key: K1, saKey: K2 }));
+    assert.notEqual(r.outcome.kind, 'good');
+    assert.equal(h.io.keyOn('sda'), K1);
+    assert.equal(h.io.keyOn('sdb'), K1);
+    assert.equal(h.engine.mapSnapshot({ wwid: WA })!.intent?.key, '0x1111');
+    const done = h.events.filter((e) => e.kind === 'command-done').at(-1)!;
+    assert.ok(done.kind === 'command-done');
+    const restore = done.commands.find((c) => c.role === 'repair' && c.path === 'sda');
+    assert.ok(restore, 'the restoring command is reported with the command');
+    // REGISTER AND IGNORE EXISTING KEY, SA key K1, APTPL as before.
+    assert.equal(restore.cdb.slice(0, 4), '5f06');
+    assert.equal(lun.snapshot().aptplActive, true);
+    await h.engine.close();
+  });
+
+  it('a REGISTER refused on every path changes nothing and sends nothing more', async () => {
+    const lun = newLun();
+    const h = host(lun, 'h1', [1, 2]);
+    await h.engine.start();
+    const r = await run(h, prOut(PrOutAction.REGISTER, { key: 0x9999n, saKey: K1 }));
+    assert.equal(r.outcome.kind, 'reservation-conflict');
+    const done = h.events.find((e) => e.kind === 'command-done');
+    assert.ok(done && done.kind === 'command-done');
+    assert.deepEqual(done.rolledBack, []);
+    assert.equal(h.store.saved.at(-1)?.lastKey, null);
+    await h.engine.close();
+  });
+});
+
+describe('MultipathEngine: write-ahead record and recovery of an interrupted command', () => {
+  it('writes the record before the first command of the fan-out, and only for commands that touch several paths', async () => {
+    const lun = newLun();
+    const h = host(lun, 'h1', [1, 2]);
+    await h.engine.start();
+    const seen: (MapIntent | undefined)[] = [];
+    h.io.onExec = () => seen.push(h.store.saved.at(-1));
+    const reg = prOut(PrOutAction.REGISTER, { saKey: K1 });
+    await run(h, reg);
+    assert.deepEqual(seen[0]?.pending, { cdb: Buffer.from(reg.cdb).toString('hex'), data: Buffer.from(reg.dataOut!).toString('hex'), startedAt: T0 });
+    assert.equal(seen[0]?.key, null, 'the record sits on the previous intent');
+    const writes = h.store.saved.length;
+    await run(h, prOut(PrOutAction.RESERVE, { key: K1, type: 5 }));
+    assert.ok(h.store.saved.slice(writes).every((i) => i.pending === undefined), 'RESERVE goes down one path: no record');
+    await h.engine.close();
+  });
+
+  it('killed with the second copy of a first REGISTER in flight: at restart sda is unregistered again; sdb, down then, loses the stray key on return', async () => {
+    const lun = newLun();
+    const store = new MemoryStore();
+    // sdb's copy never completes: prmux dies with it in flight.
+    const first = host(lun, 'h1', [1, 2], {
+      store,
+      wrapIo: (io) => ({ exec: (m, p, c, d, a, t) => (p === 'sdb' && c[0] === 0x5f ? new Promise(() => {}) : (io as PathIo).exec(m, p, c, d, a, t)) }),
+    });
+    await first.engine.start();
+    void run(first, prOut(PrOutAction.REGISTER, { saKey: K1 }));
+    await until('sda registered', () => first.io.keyOn('sda') === K1);
+    const disk = onDisk(store);
+    assert.ok(disk[0]?.pending !== undefined, 'the write-ahead record is what is on disk');
+    // The copy reached sdb's LU after all, and sdb is down when prmux restarts.
+    register(lun, first.io, 'sdb', K1);
+
+    const h = host(lun, 'h1', [1, 2], { io: first.io, intents: disk, maps: [makeMap('mpatha', WA, [{ dev: 'sda', host: 1 }, { dev: 'sdb', host: 2, usable: false }])] });
+    h.io.setDown('sdb', true);
+    await h.engine.start();
+    assert.equal(h.io.keyOn('sda'), null, 'rolled back before start() resolved');
+    assert.equal(h.io.keyOn('sdb'), K1, 'sdb was down');
+    const ev = h.events.find((e) => e.kind === 'interrupted-command-rolled-back');
+    assert.ok(ev && ev.kind === 'interrupted-command-rolled-back');
+    assert.equal(ev.resolution, 'rolled-back');
+    assert.equal(ev.previousKey, null);
+    assert.equal(ev.interruptedKey, '0x1111');
+    assert.equal(ev.command, 'PR OUT REGISTER');
+    const after = h.store.saved.at(-1)!;
+    assert.equal(after.pending, undefined, 'the record is cleared');
+    assert.equal(after.key, null);
+    assert.equal(after.lastKey, K1);
+    // sdb returns: the guard removes the interrupted key from it.
+    h.io.setDown('sdb', false);
+    h.topo.setUsable(WA, 'sdb', true);
+    await h.topo.refresh();
+    await h.engine.whenIdle();
+    assert.deepEqual(keysOf(lun), []);
+    await h.engine.close();
+  });
+
+  it('a store whose final write never happens (crash after the fan-out, before GOOD): the restart rolls K1 -> K2 back to K1 on every path', async () => {
+    const lun = newLun();
+    const first = host(lun, 'h1', [1, 2], { intents: [intentFor(WA, { key: K1, lastKey: K1 })], store: new CrashingStore(1, [intentFor(WA, { key: K1, lastKey: K1 })]) });
+    register(lun, first.io, 'sda', K1);
+    register(lun, first.io, 'sdb', K1);
+    await first.engine.start();
+    const store = first.store as CrashingStore;
+    // Only the write-ahead record becomes durable; the command hangs on its final write.
+    let answered = false;
+    void run(first, prOut(PrOutAction.REGISTER, { key: K1, saKey: K2 })).then(() => (answered = true));
+    await until('both paths changed', () => first.io.keyOn('sda') === K2 && first.io.keyOn('sdb') === K2);
+    for (let i = 0; i < 20; i++) await settle();
+    assert.equal(answered, false, 'the guest never got GOOD');
+    const disk = onDisk(store);
+    assert.equal(disk[0]?.key, K1);
+    assert.ok(disk[0]?.pending !== undefined);
+
+    first.io.onExec = null;
+    const h = host(lun, 'h1', [1, 2], { io: first.io, intents: disk });
+    await h.engine.start();
+    assert.equal(h.io.keyOn('sda'), K1);
+    assert.equal(h.io.keyOn('sdb'), K1);
+    assert.ok(!keysOf(lun).includes(K2), 'K2 nowhere');
+    const ev = h.events.find((e) => e.kind === 'interrupted-command-rolled-back');
+    assert.ok(ev && ev.kind === 'interrupted-command-rolled-back' && ev.previousKey === '0x1111' && ev.interruptedKey === '0x2222');
+    assert.equal(h.store.saved.at(-1)?.pending, undefined);
+    assert.equal(h.store.saved.at(-1)?.key, K1);
+    await h.engine.close();
+  });
+
+  it('an interrupted unregister that reached every nexus is not undone (our key is nowhere: never register it again)', async () => {
+    const lun = newLun();
+    const unreg = prOut(PrOutAction.REGISTER, { key: K1, saKey: 0n });
+    const rec = { ...intentFor(WA, { key: K1, lastKey: K1 }), pending: { cdb: Buffer.from(unreg.cdb).toString('hex'), data: Buffer.from(unreg.dataOut!).toString('hex'), startedAt: T0 } };
+    const h = host(lun, 'h1', [1, 2], { intents: [rec] });
+    await h.engine.start();
+    assert.deepEqual(keysOf(lun), []);
+    const ev = h.events.find((e) => e.kind === 'interrupted-command-rolled-back');
+    assert.ok(ev && ev.kind === 'interrupted-command-rolled-back');
+    assert.equal(ev.resolution, 'unregister-completed');
+    const after = h.store.saved.at(-1)!;
+    assert.equal(after.key, null);
+    assert.equal(after.lastKey, K1);
+    assert.equal(after.pending, undefined);
+    await h.engine.close();
+  });
+
+  it('an interrupted unregister that reached one path only: the previous key is registered again on every usable path', async () => {
+    const lun = newLun();
+    const h = host(lun, 'h1', [1, 2], { intents: [] });
+    register(lun, h.io, 'sdb', K1); // sda was already unregistered when prmux died
+    const unreg = prOut(PrOutAction.REGISTER, { key: K1, saKey: 0n });
+    const rec = { ...intentFor(WA, { key: K1, lastKey: K1 }), pending: { cdb: Buffer.from(unreg.cdb).toString('hex'), data: Buffer.from(unreg.dataOut!).toString('hex'), startedAt: T0 } };
+    const h2 = host(lun, 'h1', [1, 2], { io: h.io, intents: [rec] });
+    await h2.engine.start();
+    assert.equal(h2.io.keyOn('sda'), K1);
+    assert.equal(h2.io.keyOn('sdb'), K1);
+    assert.equal(h2.store.saved.at(-1)?.key, K1);
+    await h2.engine.close();
   });
 });

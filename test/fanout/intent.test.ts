@@ -12,7 +12,10 @@ import {
   intentToJson,
   type MapIntent,
   nextIntent,
+  pendingEffect,
   sameIntentState,
+  withoutPending,
+  withPending,
 } from '../../src/fanout/intent.js';
 import type { FanoutResult } from '../../src/fanout/types.js';
 import { encodePrOutCdb } from '../../src/scsi/cdb.js';
@@ -289,14 +292,18 @@ describe('nextIntent properties', () => {
 describe('intent JSON', () => {
   it('stores keys as hex strings with a format version', () => {
     const doc = JSON.parse(intentToJson(base({ key: 0xffff_ffff_ffff_ffffn, lastKey: 1n }))) as Record<string, unknown>;
+    // Version 1 (readable by a prmux that predates the write-ahead record) when nothing is pending.
     assert.equal(doc['version'], 1);
+    assert.equal('pending' in doc, false);
     assert.equal(doc['key'], '0xffffffffffffffff');
     assert.equal(doc['lastKey'], '0x1');
   });
 
   for (const [what, text] of [
     ['not JSON', '{'],
-    ['another version', JSON.stringify({ ...JSON.parse(intentToJson(base())), version: 2 })],
+    ['another version', JSON.stringify({ ...JSON.parse(intentToJson(base())), version: 3 })],
+    ['a pending record without a CDB', JSON.stringify({ ...JSON.parse(intentToJson(base())), version: 2, pending: { data: null, startedAt: T1 } })],
+    ['a pending record with a non-hex parameter list', JSON.stringify({ ...JSON.parse(intentToJson(base())), version: 2, pending: { cdb: '5f000000000000001800', data: 'zz', startedAt: T1 } })],
     ['a numeric key', JSON.stringify({ ...JSON.parse(intentToJson(base())), key: 5 })],
     ['a key longer than 64 bits', JSON.stringify({ ...JSON.parse(intentToJson(base())), key: '0x1ffffffffffffffff' })],
     ['no wwid', JSON.stringify({ ...JSON.parse(intentToJson(base())), wwid: '' })],
@@ -306,6 +313,40 @@ describe('intent JSON', () => {
       assert.throws(() => intentFromJson(text), (e: unknown) => isPrmuxError(e, 'ERR_PRMUX_DECODE'));
     });
   }
+});
+
+describe('write-ahead record (pending)', () => {
+  const reg = prOut(PrOutAction.REGISTER, { key: 0x11n, saKey: 0x22n, allTgPt: true });
+  const pending = { cdb: Buffer.from(reg.cdb).toString('hex'), data: Buffer.from(reg.dataOut!).toString('hex'), startedAt: T1 };
+
+  it('is written as version 2 and read back; the intent without it is the previous one', () => {
+    const prev = base({ key: 0x11n, lastKey: 0x11n, aptpl: true });
+    const w = withPending(prev, pending);
+    const doc = JSON.parse(intentToJson(w)) as Record<string, unknown>;
+    assert.equal(doc['version'], 2);
+    const back = intentFromJson(intentToJson(w));
+    assert.deepEqual(back, w);
+    assert.deepEqual(withoutPending(back), prev);
+    assert.equal(withoutPending(prev), prev, 'no record: the same object');
+    assert.equal(sameIntentState(w, prev), false, 'the record is part of the state written');
+  });
+
+  it('loads a version 1 file of an older prmux (no pending)', () => {
+    const v1 = JSON.stringify({ version: 1, wwid: 'w1', mapName: 'mpatha', key: '0x5', lastKey: '0x5', aptpl: false, allTgPt: false, reservation: null, updatedAt: T0 });
+    const i = intentFromJson(v1);
+    assert.equal(i.key, 5n);
+    assert.equal(i.pending, undefined);
+  });
+
+  it('pendingEffect reads what the interrupted command was registering', () => {
+    assert.deepEqual(pendingEffect(pending), { opcode: 0x5f, serviceAction: PrOutAction.REGISTER, key: 0x11n, registering: 0x22n });
+    const unreg = prOut(PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, { saKey: 0n });
+    const u = pendingEffect({ cdb: Buffer.from(unreg.cdb).toString('hex'), data: Buffer.from(unreg.dataOut!).toString('hex'), startedAt: T1 });
+    assert.equal(u.registering, null, 'SA key 0 unregisters');
+    const rel = prOut(PrOutAction.RELEASE, { key: 0x33n, type: 5 });
+    assert.equal(pendingEffect({ cdb: Buffer.from(rel.cdb).toString('hex'), data: Buffer.from(rel.dataOut!).toString('hex'), startedAt: T1 }).registering, 0x33n);
+    assert.equal(pendingEffect({ cdb: Buffer.from(rel.cdb).toString('hex'), data: null, startedAt: T1 }).registering, null);
+  });
 });
 
 describe('fenceIntent', () => {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { emptyIntent, type MapIntent } from '../../src/fanout/intent.js';
 import { type GuardEvent, KeyGuard } from '../../src/fanout/key-guard.js';
-import type { MapInfo, PathIo } from '../../src/fanout/types.js';
+import type { MapInfo, PathCommand, PathIo } from '../../src/fanout/types.js';
 import { Asc, PrInAction, PrOutAction, SenseKey } from '../../src/scsi/constants.js';
 import { checkCondition } from '../../src/scsi/outcome.js';
 import type { PrDeviceServer } from '../../src/scsi/model/device-server.js';
@@ -341,5 +341,45 @@ describe('KeyGuard: intent bookkeeping', () => {
     await r.guard.flushDirty();
     assert.equal(r.guard.stateOf(W)!.persisted, true);
     assert.equal(r.saved.at(-1)?.key, K1);
+  });
+});
+
+describe('KeyGuard: rollback helpers', () => {
+  it('writeAhead saves the current intent with the record and leaves the in-memory intent alone; a failed write is reported, not thrown', async () => {
+    const r = await rig();
+    r.guard.load([{ ...emptyIntent(W, 'mpatha', T0), key: K1, lastKey: K1 }]);
+    const pending = { cdb: '5f000000000000001800', data: null, startedAt: T0 };
+    assert.equal(await r.guard.writeAhead(r.map(), pending), true);
+    assert.deepEqual(r.saved.at(-1)?.pending, pending);
+    assert.equal(r.saved.at(-1)?.key, K1);
+    assert.equal(r.guard.intentOf(W)?.pending, undefined);
+    r.failSaves = true;
+    assert.equal(await r.guard.writeAhead(r.map(), pending), false);
+    assert.equal(r.guard.stateOf(W)?.counters.intentWriteFailures, 1);
+    // commit with force replaces the record even though the intent did not change.
+    r.failSaves = false;
+    await r.guard.commit(r.map(), r.guard.intentOf(W)!, { force: true });
+    assert.equal(r.saved.at(-1)?.pending, undefined);
+  });
+
+  it('restorePaths puts the previous key back (or removes ours) on the given paths only, reporting each as a repair', async () => {
+    const r = await rig();
+    r.guard.load([{ ...emptyIntent(W, 'mpatha', T0), key: K1, lastKey: K1 }]);
+    for (const dev of ['sda', 'sdb']) {
+      const c = prOut(PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY, { saKey: K2 });
+      assert.equal(r.lun.execute(r.io.nexusOf(dev), c.cdb, c.dataOut!).kind, 'good');
+    }
+    const out: PathCommand[] = [];
+    const back = await r.guard.restorePaths(r.map(), ['sda'], K1, { aptpl: false, allTgPt: false }, 'rollback', out);
+    assert.deepEqual(back.map((a) => [a.kind, a.path, a.key, a.ok]), [['register', 'sda', '0x1111', true]]);
+    assert.equal(r.io.keyOn('sda'), K1);
+    assert.equal(r.io.keyOn('sdb'), K2, 'not a path it was given');
+    const gone = await r.guard.restorePaths(r.map(), ['sdb'], null, { aptpl: false, allTgPt: false }, 'interrupted-command', out);
+    assert.deepEqual(gone.map((a) => [a.kind, a.path, a.ok]), [['unregister', 'sdb', true]]);
+    assert.equal(r.io.keyOn('sdb'), null);
+    assert.equal(out.length, 2);
+    assert.equal(r.guard.stateOf(W)?.lastRepair?.trigger, 'interrupted-command');
+    assert.equal(r.guard.stateOf(W)?.paths.get('sdb')?.status, 'unregistered');
+    assert.ok(r.events.filter((e) => e.kind === 'registration-repaired').length === 2);
   });
 });

@@ -127,6 +127,33 @@ describe('IntentStore', () => {
     assert.deepEqual(await readdir(store.dir), ['3600i.json']);
   });
 
+  it('keeps a write-ahead record in the same file: a crash before the final write loads it; the final write clears it', async () => {
+    const store = await freshStore();
+    const prev = intent('3600w', 0x1n);
+    const pending = { cdb: '5f000000000000001800', data: '0000000000000001' + '0000000000000002' + '00'.repeat(8), startedAt: T0 };
+    await store.save({ ...prev, pending });
+    const doc = JSON.parse(await readFile(store.pathOf('3600w'), 'utf8')) as Record<string, unknown>;
+    assert.equal(doc['version'], 2);
+    const crashed = await store.loadAll();
+    assert.deepEqual(crashed.intents, [{ ...prev, pending }]);
+    await store.save(intent('3600w', 0x2n));
+    const done = await store.loadAll();
+    assert.equal(done.intents[0]!.pending, undefined);
+    assert.equal(done.intents[0]!.key, 0x2n);
+    assert.equal((JSON.parse(await readFile(store.pathOf('3600w'), 'utf8')) as Record<string, unknown>)['version'], 1);
+  });
+
+  it('loads a version 1 file written by an older prmux', async () => {
+    const store = await freshStore();
+    await writeFile(
+      store.pathOf('3600v'),
+      JSON.stringify({ version: 1, wwid: '3600v', mapName: 'mpatha', key: '0x7', lastKey: '0x7', aptpl: true, allTgPt: false, reservation: { type: 5 }, updatedAt: T0 }),
+    );
+    const r = await store.loadAll();
+    assert.deepEqual(r.corrupt, []);
+    assert.deepEqual(r.intents, [intent('3600v', 0x7n, { aptpl: true, reservation: { type: 5 } })]);
+  });
+
   it('a failed write does not block later writes of the same WWID', async () => {
     let fail = true;
     const store = await freshStore({
