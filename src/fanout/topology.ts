@@ -266,6 +266,8 @@ function messageOf(e: unknown): string {
 }
 
 export class MultipathTopology implements TopologySource {
+  /** Maps whose key multipathd refused (warned once). */
+  readonly #keyRefused = new Set<string>();
   readonly #client: TopologyClient;
   readonly #pollMs: number;
   readonly #sysfsRoot: string;
@@ -390,8 +392,17 @@ export class MultipathTopology implements TopologySource {
         await this.#client.unsetPrKey(map.name);
       }
       this.#logger?.debug(k !== null ? 'told multipathd the reservation key' : 'told multipathd the map has no key', { map: map.name, ...(k !== null ? { key: `0x${k.toString(16)}` } : {}) });
+      this.#keyRefused.delete(map.name);
     } catch (e) {
-      this.#logger?.warn('multipathd did not take the reservation key', { map: map.name, error: messageOf(e) });
+      // multipathd 0.9.4 refuses setprkey unless multipath.conf says `reservation_key file`: say so
+      // once per map (then at debug level), not on every key change.
+      const first = !this.#keyRefused.has(map.name);
+      this.#keyRefused.add(map.name);
+      const log = first ? this.#logger?.warn : this.#logger?.debug;
+      log?.call(this.#logger, 'multipathd did not take the reservation key (its own re-registration of returning paths needs `reservation_key file` in multipath.conf; prmux registers them itself)', {
+        map: map.name,
+        error: messageOf(e),
+      });
     }
   }
 

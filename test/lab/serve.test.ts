@@ -355,7 +355,9 @@ function sasTid(n: number): string {
 // Guest-side helper processes.
 
 function startPrmuxScript(p: typeof PRMUX): string {
-  const run = `${sh(process.execPath)} ${sh(CLI)} serve -k ${p.sock} -f ${p.pid} 2>${p.err}; echo $? >${p.rc}`;
+  // --multipath plain: this suite pins down the stock helper's single SG_IO on the map (the
+  // baseline the fan-out suite, fanout.test.ts, improves on).
+  const run = `${sh(process.execPath)} ${sh(CLI)} serve -k ${p.sock} -f ${p.pid} --multipath plain 2>${p.err}; echo $? >${p.rc}`;
   // No systemd in the guest: a new session, detached from the request's process group, and a shell
   // around it that records the exit status for the stop test.
   return `rm -f ${p.sock} ${p.pid} ${p.err} ${p.rc}
@@ -422,7 +424,7 @@ describe('prmux serve on the SAN lab (real LIO + dm-multipath in QEMU TCG)', { t
     const [pidLine, cmdline, sock, ...log] = r.stdout.split('\n');
     const pid = Number(/^pid=(\d+)$/.exec(pidLine ?? '')?.[1]);
     assert.ok(pid > 1, r.stdout);
-    assert.match(cmdline ?? '', new RegExp(` serve -k ${PRMUX.sock} -f ${PRMUX.pid} $`));
+    assert.match(cmdline ?? '', new RegExp(` serve -k ${PRMUX.sock} -f ${PRMUX.pid} --multipath plain $`));
     assert.equal(sock, 'socket 600');
     assert.ok(log.includes(`prmux serve: listening on ${PRMUX.sock} (pid ${pid})`), log.join('\n'));
   });
