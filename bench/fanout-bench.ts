@@ -24,13 +24,13 @@
 // This is an edge program: it reads argv, writes to stdout/stderr and spawns processes. Every child
 // is killed on exit, on error and on SIGINT/SIGTERM/SIGHUP.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { type Child, type PinMode, cpuPrefix, interrupted, removeTmp, removeTmpOnExit, runBenchmark, sleep, startChild, stopAll, stopChild, waitLine, waitListening } from './bench-kit.js';
 import { MultipathdClient } from '../src/mpath/multipathd-client.js';
 import { JsonLineClient } from '../src/san/client.js';
 import { fromHex, hex } from '../src/scsi/bytes.js';
@@ -52,7 +52,6 @@ const STATUS_DEV = 'sda';
 // ---------------------------------------------------------------------------------------------
 // Options
 
-type PinMode = 'split' | 'same' | 'none';
 
 interface Options {
   readonly rounds: number;
@@ -227,104 +226,13 @@ async function runWorker(spec: WorkerSpec): Promise<number> {
 // ---------------------------------------------------------------------------------------------
 // Child processes: every one is registered so it can be killed on any exit path.
 
-interface Child {
-  readonly name: string;
-  readonly proc: ChildProcess;
-  /** Last lines of stdout+stderr (bounded), for diagnostics. */
-  readonly tail: string[];
-  exited: boolean;
-}
-
-const children = new Set<Child>();
-let signalled = false;
-const TAIL_LINES = 40;
-
-function cpuPrefix(pin: PinMode, role: 'server' | 'client'): string[] {
-  if (pin === 'none') return [];
-  return ['taskset', '-c', pin === 'same' || role === 'server' ? '0' : '1'];
-}
-
-function startChild(name: string, argv: readonly string[], onLine?: (line: string) => void): Child {
-  const [cmd, ...args] = argv;
-  if (cmd === undefined) throw new Error(`Cannot start ${name}: empty command`);
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const child: Child = { name, proc, tail: [], exited: false };
-  children.add(child);
-  // Always drain the pipes: a server blocked on a full pipe would look slow.
-  const keep = (chunk: Buffer): void => {
-    for (const line of chunk.toString('utf8').split('\n')) {
-      if (line === '') continue;
-      child.tail.push(line);
-      if (child.tail.length > TAIL_LINES) child.tail.shift();
-      onLine?.(line);
-    }
-  };
-  proc.stdout?.on('data', keep);
-  proc.stderr?.on('data', keep);
-  proc.on('error', (e) => {
-    child.tail.push(`spawn error: ${e.message}`);
-    child.exited = true;
-  });
-  proc.on('exit', () => {
-    child.exited = true;
-    children.delete(child);
-  });
-  return child;
-}
-
-function killAllNow(): void {
-  for (const c of children) if (!c.exited) c.proc.kill('SIGKILL');
-}
-
-async function stopChild(c: Child | undefined, graceMs = 3000): Promise<void> {
-  if (c === undefined || c.exited || c.proc.exitCode !== null || c.proc.signalCode !== null) return;
-  const gone = new Promise<void>((done) => c.proc.once('exit', () => done()));
-  c.proc.kill('SIGTERM');
-  const timer = setTimeout(() => c.proc.kill('SIGKILL'), graceMs);
-  await gone;
-  clearTimeout(timer);
-}
-
-async function stopAll(): Promise<void> {
-  await Promise.all([...children].map((c) => stopChild(c)));
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function canConnect(path: string): Promise<boolean> {
-  return new Promise((done) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      done(true);
-    });
-    s.once('error', () => done(false));
-  });
-}
-
-async function waitListening(c: Child, path: string, timeoutMs = 30_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (c.exited) throw new Error(`Cannot start ${c.name}: it exited (${c.proc.exitCode ?? c.proc.signalCode}): ${c.tail.slice(-5).join(' | ')}`);
-    if (existsSync(path) && (await canConnect(path))) return;
-    if (Date.now() > until) throw new Error(`Cannot start ${c.name}: not listening on ${path} within ${timeoutMs} ms: ${c.tail.slice(-5).join(' | ')}`);
-    await sleep(50);
-  }
-}
-
-async function waitLine(c: Child, prefix: string, timeoutMs = 30_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (c.tail.some((l) => l.startsWith(prefix))) return;
-    if (c.exited) throw new Error(`Cannot start ${c.name}: it exited (${c.proc.exitCode ?? c.proc.signalCode}): ${c.tail.slice(-5).join(' | ')}`);
-    if (Date.now() > until) throw new Error(`Cannot start ${c.name}: no "${prefix}" within ${timeoutMs} ms: ${c.tail.slice(-5).join(' | ')}`);
-    await sleep(50);
-  }
+function started(c: Child, why: string | undefined): void {
+  if (why !== undefined) throw new Error(`Cannot start ${c.name}: ${why}`);
 }
 
 async function runWorkerProcess(pin: PinMode, spec: WorkerSpec): Promise<WorkerResult> {
   const fail = (why: string): WorkerResult => ({ samples: [], kinds: '', finalKey: null, errors: 1, setupError: why });
-  if (signalled) return fail('interrupted');
+  if (interrupted()) return fail('interrupted');
   const c = startChild('client', [...cpuPrefix(pin, 'client'), process.execPath, SELF, '--worker', JSON.stringify(spec)]);
   let out = '';
   c.proc.stdout?.on('data', (b: Buffer) => (out += b.toString('utf8')));
@@ -375,8 +283,8 @@ async function startSan(opt: Options, tmp: string, label: string, paths: number,
   const dir = join(tmp, label);
   const cfg = join(tmp, `${label}.json`);
   writeFileSync(cfg, JSON.stringify(sanConfig(paths, opt.latencyMs)));
-  const san = startChild(`SAN ${label}`, [...cpuPrefix(opt.pin, 'server'), process.execPath, opt.cli, 'san', 'start', '--dir', dir, '--config', cfg], onLine);
-  await waitLine(san, 'prmux san ready');
+  const san = startChild(`SAN ${label}`, [...cpuPrefix(opt.pin, 'server'), process.execPath, opt.cli, 'san', 'start', '--dir', dir, '--config', cfg], onLine !== undefined ? { onLine } : {});
+  await started(san, await waitLine(san, 'prmux san ready'));
   const topo = JSON.parse(readFileSync(join(dir, HOST, 'topology.json'), 'utf8')) as TopologyDoc;
   const transportIds = new Map(topo.paths.map((p) => [p.dev, p.transportId]));
   if (transportIds.size !== paths) throw new Error(`Cannot use SAN ${label}: topology.json lists ${transportIds.size} paths, expected ${paths}`);
@@ -394,9 +302,9 @@ async function startSan(opt: Options, tmp: string, label: string, paths: number,
 
 async function startServe(opt: Options, s: Setup, extra: readonly string[], onLine?: (l: string) => void): Promise<void> {
   const argv = [...cpuPrefix(opt.pin, 'server'), process.execPath, opt.cli, 'serve', '--san', join(s.dir, HOST), '-k', s.sock, '--state-dir', join(s.dir, 'prmux-state'), '--verify-interval', '0', ...extra];
-  const child = startChild(`prmux serve (${s.paths} path${s.paths > 1 ? 's' : ''})`, argv, onLine);
+  const child = startChild(`prmux serve (${s.paths} path${s.paths > 1 ? 's' : ''})`, argv, onLine !== undefined ? { onLine } : {});
   s.serve = child;
-  await waitListening(child, s.sock);
+  started(child, await waitListening(child, s.sock));
 }
 
 function tidText(t: TransportId): string {
@@ -540,7 +448,7 @@ async function main(): Promise<number> {
   if (pin !== 'none' && spawnSync('taskset', ['-c', '0', 'true']).status !== 0) throw new Error('Cannot pin: taskset is missing or failed (use --no-pin)');
 
   const tmp = mkdtempSync(join(tmpdir(), 'prmux-fbench-'));
-  tmpToRemove = opt.keepTmp ? undefined : tmp;
+  removeTmpOnExit(opt.keepTmp ? undefined : tmp);
   const setups: Setup[] = [];
   const closeSetup = async (s: Setup): Promise<void> => {
     s.exec.close();
@@ -602,10 +510,10 @@ async function main(): Promise<number> {
       const p = await measure(s, -1, 20, 0);
       note(`[probe] ${s.paths} path(s): ${p.errors ? `ERROR ${p.error ?? ''}` : `p50 ${fmt(p.p50)} ms`}${p.check ? `; CHECK FAILED: ${p.check}` : '; key on all paths'}`);
     }
-    for (let round = 0; round < opt.rounds && !signalled; round++) {
+    for (let round = 0; round < opt.rounds && !interrupted(); round++) {
       const order = setups.map((_, i) => setups[(i + round) % setups.length]!);
       for (const s of order) {
-        if (signalled) break;
+        if (interrupted()) break;
         const r = await measure(s, round, opt.calls, opt.warmup);
         runs.set(s.paths, [...(runs.get(s.paths) ?? []), r]);
         note(
@@ -661,7 +569,7 @@ async function main(): Promise<number> {
     // ---- 2. path return -> key registered
     const variants: VariantResult[] = [];
     let flap: { ms: number | null; waitedMs: number } | null = null;
-    if (!opt.skipReturn && !signalled) {
+    if (!opt.skipReturn && !interrupted()) {
       const counters = { prmux: [] as number[], mpathd: 0 };
       const onServeLine = (l: string): void => {
         const m = /registered our key on a returning path .*path=(\S+).*latencyMs=([\d.]+)/.exec(l);
@@ -696,7 +604,7 @@ async function main(): Promise<number> {
             const removedMs = t0 - removedAt;
             for (;;) {
               if (await registered(key)) return { cycle: i, ms: performance.now() - t0, removedMs };
-              if (performance.now() - t0 > opt.returnTimeoutMs || signalled) return { cycle: i, ms: null, removedMs, error: `not registered within ${opt.returnTimeoutMs} ms` };
+              if (performance.now() - t0 > opt.returnTimeoutMs || interrupted()) return { cycle: i, ms: null, removedMs, error: `not registered within ${opt.returnTimeoutMs} ms` };
             }
           } catch (e) {
             return { cycle: i, ms: null, removedMs: 0, error: (e as Error).message };
@@ -709,7 +617,7 @@ async function main(): Promise<number> {
         ];
         let pv = 0;
         for (const v of plan) {
-          if (signalled) break;
+          if (interrupted()) break;
           note(`path return: prmux serve --topology-interval ${v.interval}, ${v.name}`);
           await startServe(opt, s, ['--topology-interval', String(v.interval), '-v'], onServeLine);
           // Register through prmux, so its intent (and multipathd, by its announcement) has the key.
@@ -731,7 +639,7 @@ async function main(): Promise<number> {
           const before = { prmux: counters.prmux.length, mpathd: counters.mpathd };
           const reann = { n: 0 };
           const cycles: CycleRecord[] = [];
-          for (let i = 0; i < opt.cycles && !signalled; i++) {
+          for (let i = 0; i < opt.cycles && !interrupted(); i++) {
             // Keep the path removed for longer than one poll (so prmux sees it leave), plus a random
             // part so `path add` lands at a uniformly random phase of the poll.
             const waitMs = Math.round(v.interval + 100 + Math.random() * v.interval);
@@ -756,7 +664,7 @@ async function main(): Promise<number> {
             multipathdRegistrations: counters.mpathd - before.mpathd,
             reannounced: reann.n,
           });
-          if (v.flap && !signalled) {
+          if (v.flap && !interrupted()) {
             // A remove and add between two polls: the poll sees the same path before and after.
             await mpd.unsetPrStatus(MAP);
             await mpd.unsetPrKey(MAP);
@@ -829,12 +737,6 @@ async function main(): Promise<number> {
   }
 }
 
-let tmpToRemove: string | undefined;
-function removeTmp(): void {
-  if (tmpToRemove !== undefined) rmSync(tmpToRemove, { recursive: true, force: true });
-  tmpToRemove = undefined;
-}
-
 if (process.argv[2] === '--worker') {
   // The client process: one run, result as one JSON line on stdout.
   let spec: WorkerSpec;
@@ -852,31 +754,5 @@ if (process.argv[2] === '--worker') {
     },
   );
 } else {
-  // Kill every child on any way out: normal end (finally above), an exception, a signal, or exit.
-  process.on('exit', killAllNow);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(sig, () => {
-      if (signalled) {
-        killAllNow();
-        process.exit(130);
-      }
-      signalled = true;
-      process.stderr.write(`\n${sig}: stopping all benchmark processes\n`);
-      void stopAll().finally(() => {
-        removeTmp();
-        process.exit(130);
-      });
-    });
-  }
-  main().then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (e: unknown) => {
-      process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
-      killAllNow();
-      removeTmp();
-      process.exitCode = 2;
-    },
-  );
+  runBenchmark(main);
 }

@@ -15,18 +15,17 @@
 // This is an edge program: it reads argv/env, writes to stdout/stderr and spawns processes. Every
 // child is killed on exit, on error and on SIGINT/SIGTERM/SIGHUP.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, rmSync, writeFileSync, constants as fsc } from 'node:fs';
-import { connect } from 'node:net';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, writeFileSync, constants as fsc } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { type Child, type PinMode, cpuPrefix, interrupted, removeTmp, removeTmpOnExit, runBenchmark, sleep, startChild, stopAll, waitLine, waitListening } from './bench-kit.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
 
-type PinMode = 'split' | 'same' | 'none';
 
 interface Options {
   readonly rounds: number;
@@ -129,103 +128,6 @@ function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): Options 
 // ---------------------------------------------------------------------------------------------
 // Child processes: every one is registered so it can be killed on any exit path.
 
-interface Child {
-  readonly name: string;
-  readonly proc: ChildProcess;
-  /** Last lines of stdout+stderr (bounded), for diagnostics. */
-  readonly tail: string[];
-  exited: boolean;
-}
-
-const children = new Set<Child>();
-let signalled = false;
-const TAIL_LINES = 30;
-
-function cpuPrefix(pin: PinMode, role: 'server' | 'client'): string[] {
-  if (pin === 'none') return [];
-  return ['taskset', '-c', pin === 'same' || role === 'server' ? '0' : '1'];
-}
-
-function startChild(name: string, argv: readonly string[], stdin: 'pipe' | 'ignore' = 'ignore'): Child {
-  const [cmd, ...args] = argv;
-  if (cmd === undefined) throw new Error(`Cannot start ${name}: empty command`);
-  const proc = spawn(cmd, args, { stdio: [stdin, 'pipe', 'pipe'] });
-  const child: Child = { name, proc, tail: [], exited: false };
-  children.add(child);
-  // Always drain the pipes: a server blocked on a full stderr pipe would look slow.
-  const keep = (chunk: Buffer): void => {
-    for (const line of chunk.toString('utf8').split('\n')) {
-      if (line === '') continue;
-      child.tail.push(line);
-      if (child.tail.length > TAIL_LINES) child.tail.shift();
-    }
-  };
-  proc.stdout?.on('data', keep);
-  proc.stderr?.on('data', keep);
-  proc.on('error', (e) => {
-    child.tail.push(`spawn error: ${e.message}`);
-    child.exited = true;
-  });
-  proc.on('exit', () => {
-    child.exited = true;
-    children.delete(child);
-  });
-  return child;
-}
-
-function killAllNow(): void {
-  for (const c of children) {
-    if (!c.exited) c.proc.kill('SIGKILL');
-  }
-}
-
-async function stopChild(c: Child, graceMs = 3000): Promise<void> {
-  if (c.exited || c.proc.exitCode !== null || c.proc.signalCode !== null) return;
-  const gone = new Promise<void>((done) => c.proc.once('exit', () => done()));
-  c.proc.kill('SIGTERM');
-  const timer = setTimeout(() => c.proc.kill('SIGKILL'), graceMs);
-  await gone;
-  clearTimeout(timer);
-}
-
-async function stopAll(): Promise<void> {
-  await Promise.all([...children].map((c) => stopChild(c)));
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function canConnect(path: string): Promise<boolean> {
-  return new Promise((done) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      done(true);
-    });
-    s.once('error', () => done(false));
-  });
-}
-
-/** Waits until `path` accepts connections, or the child exits, or the bound passes. */
-async function waitListening(c: Child, path: string, timeoutMs = 20_000): Promise<string | undefined> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (c.exited) return `${c.name} exited (${c.proc.exitCode ?? c.proc.signalCode}): ${c.tail.slice(-5).join(' | ')}`;
-    if (existsSync(path) && (await canConnect(path))) return undefined;
-    if (Date.now() > until) return `${c.name} did not listen on ${path} within ${timeoutMs} ms: ${c.tail.slice(-5).join(' | ')}`;
-    await sleep(50);
-  }
-}
-
-async function waitLine(c: Child, prefix: string, timeoutMs = 20_000): Promise<string | undefined> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (c.tail.some((l) => l.startsWith(prefix))) return undefined;
-    if (c.exited) return `${c.name} exited (${c.proc.exitCode ?? c.proc.signalCode}): ${c.tail.slice(-5).join(' | ')}`;
-    if (Date.now() > until) return `${c.name} did not print "${prefix}" within ${timeoutMs} ms: ${c.tail.slice(-5).join(' | ')}`;
-    await sleep(50);
-  }
-}
-
 function fdCount(pid: number | undefined): number | undefined {
   if (pid === undefined) return undefined;
   try {
@@ -271,7 +173,7 @@ function compileClient(dir: string): string {
 }
 
 async function runClient(opts: Options, client: string, sock: string, fd: string, args: readonly string[], hardTimeoutMs: number): Promise<ClientResult> {
-  if (signalled) return { setup_error: 'interrupted' } as ClientResult;
+  if (interrupted()) return { setup_error: 'interrupted' } as ClientResult;
   const c = startChild('client', [...cpuPrefix(opts.pin, 'client'), client, '-s', sock, '-f', fd, '-a', String(opts.alloc), ...args]);
   let out = '';
   c.proc.stdout?.on('data', (b: Buffer) => (out += b.toString('utf8')));
@@ -413,7 +315,7 @@ async function main(): Promise<number> {
   }
 
   const tmp = mkdtempSync(join(tmpdir(), 'prmux-bench-'));
-  tmpToRemove = o.keepTmp ? undefined : tmp;
+  removeTmpOnExit(o.keepTmp ? undefined : tmp);
   try {
     const client = compileClient(tmp);
     const regular = join(tmp, 'regular.img');
@@ -519,7 +421,7 @@ async function main(): Promise<number> {
     const echoPayload = sanProbe && sanProbe.status === 0 ? sanProbe.size : 8;
     if (wanted('echo')) {
       const echoJs = join(HERE, 'echo-server.js');
-      const e = startChild('echo-server', [...serverCpu, node, echoJs, srv('echo').sock, String(echoPayload), '0'], 'pipe');
+      const e = startChild('echo-server', [...serverCpu, node, echoJs, srv('echo').sock, String(echoPayload), '0'], { stdin: 'pipe' });
       srv('echo').child = e;
       const err = await waitListening(e, srv('echo').sock);
       if (err) disable('echo', err);
@@ -557,7 +459,7 @@ async function main(): Promise<number> {
         const order = active.map((_, i) => active[(i + round) % active.length]!);
         for (const c of order) {
           const r = await runClient(opt, client, srv(c.server).sock, c.fd, ['-c', String(n), '-t', String(opt.seconds), '-w', String(opt.warmup)], (runSeconds + 30) * 1000);
-          if (signalled) break;
+          if (interrupted()) break;
           const key = `${n}:${c.name}`;
           runs.set(key, [...(runs.get(key) ?? []), r]);
           note(
@@ -662,36 +564,4 @@ async function main(): Promise<number> {
   }
 }
 
-let tmpToRemove: string | undefined;
-function removeTmp(): void {
-  if (tmpToRemove !== undefined) rmSync(tmpToRemove, { recursive: true, force: true });
-  tmpToRemove = undefined;
-}
-
-// Kill every child on any way out: normal end (finally above), an exception, a signal, or exit.
-process.on('exit', killAllNow);
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(sig, () => {
-    if (signalled) {
-      killAllNow();
-      process.exit(130);
-    }
-    signalled = true;
-    process.stderr.write(`\n${sig}: stopping all benchmark processes\n`);
-    void stopAll().finally(() => {
-      removeTmp();
-      process.exit(130);
-    });
-  });
-}
-
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e: unknown) => {
-    process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
-    killAllNow();
-    process.exitCode = 2;
-  },
-);
+runBenchmark(main);
