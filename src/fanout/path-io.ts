@@ -19,7 +19,7 @@ import { HostStatus } from '../scsi/constants.js';
 import { transportFailure } from '../scsi/outcome.js';
 import type { ScsiOutcome } from '../scsi/types.js';
 import { splitDevT } from '../serve/fd-info.js';
-import { outcomeFromJson } from '../serve/san-backend.js';
+import { outcomeFromJson } from '../san/outcome-json.js';
 import { type AsyncIoctl, type SgIoRun, koffiIoctl, sgIo } from '../sgio/sg-io.js';
 import type { Logger } from '../socket/logger.js';
 import type { SetTimer } from '../socket/pr-helper-session.js';
@@ -264,6 +264,15 @@ export class SanPathIo implements PathIo {
 
   async exec(_map: MapInfo, path: string, cdb: Uint8Array, dataOut: Uint8Array | null, allocationLength: number, timeoutMs: number): Promise<ScsiOutcome> {
     checkDevName(path, 'run a SAN command');
+    return this.execDevice(path, cdb, dataOut, allocationLength, timeoutMs);
+  }
+
+  /**
+   * Runs one command on a device of the simulated host: a path ("sda", its own I_T nexus) or a map
+   * ("mapper/mpatha": the SAN picks one path, as dm does for a plain SG_IO on the map).
+   */
+  async execDevice(path: string, cdb: Uint8Array, dataOut: Uint8Array | null, allocationLength: number, timeoutMs: number): Promise<ScsiOutcome> {
+    checkDevName(path.startsWith('mapper/') ? path.slice('mapper/'.length) : path, 'run a SAN command');
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > SAN_MAX_TIMEOUT_MS) {
       throw new PrmuxError(ErrorCode.DEVICE, `Cannot run a SAN command on ${path}: timeout ${timeoutMs} ms is not 1..${SAN_MAX_TIMEOUT_MS}`);
     }

@@ -18,11 +18,11 @@ import type { SanConfig } from './config.js';
 import { MpathFrameDecoder, encodeMessage, MULTIPATHD_MAX_COMMAND_BYTES } from '../mpath/mpathcmd-framing.js';
 import { readJsonLines, writeJsonLine } from '../util/ndjson.js';
 import { writeFileAtomicSync } from '../util/atomic-file.js';
-import { fromHex, hex } from '../scsi/bytes.js';
+import { fromHex } from '../scsi/bytes.js';
 import { formatTransportId } from '../scsi/transport-id.js';
 import type { PersistentPrState } from '../scsi/model/device-server.js';
-import type { ScsiOutcome } from '../scsi/types.js';
 import { isPrmuxError } from '../errors.js';
+import { outcomeToJson } from './outcome-json.js';
 
 export interface SanServerOptions {
   readonly dir: string;
@@ -37,19 +37,6 @@ export interface SanServer {
 }
 
 const MAX_EXEC_TIMEOUT_MS = 600_000;
-
-export function outcomeToJson(o: ScsiOutcome): Record<string, unknown> {
-  switch (o.kind) {
-    case 'good':
-      return { kind: 'good', data: hex(o.data) };
-    case 'check-condition':
-      return { kind: 'check-condition', sense: hex(o.sense) };
-    case 'transport-failure':
-      return { kind: 'transport-failure', hostStatus: o.hostStatus, driverStatus: o.driverStatus, errno: o.errno, detail: o.detail };
-    default:
-      return { kind: o.kind };
-  }
-}
 
 function aptplFile(dir: string, wwid: string): string {
   return join(dir, 'state', `aptpl-${wwid}.json`);

@@ -6,43 +6,16 @@
 
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { JsonLineClient } from '../san/client.js';
-import { fromHex, hex } from '../scsi/bytes.js';
 import { type HelperAnswer, answerFromOutcome } from '../scsi/helper-answer.js';
-import type { ScsiOutcome } from '../scsi/types.js';
 import { ErrorCode, PrmuxError } from '../errors.js';
 import type { DeviceTarget } from './device-target.js';
 import type { FdInfo } from './fd-info.js';
 import type { PrBackend, PrCommand } from './backend.js';
+import { SanPathIo } from '../fanout/path-io.js';
 
 interface TopologyDoc {
   readonly maps: readonly { name: string; wwid: string; inode: number; paths: string[] }[];
   readonly paths: readonly { dev: string; wwid: string; inode: number; removed: boolean }[];
-}
-
-/** Parse the SAN's san.sock outcome JSON back into an outcome value. */
-export function outcomeFromJson(v: unknown): ScsiOutcome {
-  const o = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
-  switch (o['kind']) {
-    case 'good':
-      return { kind: 'good', data: fromHex(String(o['data'] ?? '')) };
-    case 'check-condition':
-      return { kind: 'check-condition', sense: fromHex(String(o['sense'] ?? '')) };
-    case 'reservation-conflict':
-    case 'busy':
-    case 'task-set-full':
-      return { kind: o['kind'] };
-    case 'transport-failure':
-      return {
-        kind: 'transport-failure',
-        hostStatus: Number(o['hostStatus'] ?? 0),
-        driverStatus: Number(o['driverStatus'] ?? 0),
-        errno: Number(o['errno'] ?? 0),
-        detail: String(o['detail'] ?? ''),
-      };
-    default:
-      throw new PrmuxError(ErrorCode.SAN, `Cannot read SAN outcome: kind ${JSON.stringify(o['kind'])} is unknown`);
-  }
 }
 
 /** Recognises the stand-in files of one simulated host. Re-reads topology.json when it changes. */
@@ -87,62 +60,32 @@ export interface SanBackendOptions {
   /** DIR/HOST/san.sock */
   readonly socketPath: string;
   readonly timeoutMs: number;
-  /** Connections kept to san.sock; the SAN serves each in order, so one per command in flight. */
-  readonly maxConnections?: number;
 }
 
 /**
- * Runs commands on the simulated SAN. The SAN answers each connection's requests in order, so
- * every command in flight gets its own connection (idle ones are reused): a command stuck on a
- * hung path never delays another connection's command.
+ * Runs commands on the simulated SAN, for fds that are a host's path stand-ins (and, with
+ * --multipath plain, its map stand-ins), through the same connection pool the fan-out engine's
+ * SanPathIo uses: one connection per command in flight, so a command stuck on a hung path never
+ * delays another connection's command.
  */
 export class SanBackend implements PrBackend {
   readonly name = 'san';
-  readonly #opts: Required<SanBackendOptions>;
-  readonly #idle: JsonLineClient[] = [];
-  #open = 0;
-  readonly #waiters: ((c: JsonLineClient) => void)[] = [];
-  #closed = false;
+  readonly #io: SanPathIo;
+  readonly #timeoutMs: number;
 
   constructor(opts: SanBackendOptions) {
-    this.#opts = { maxConnections: 64, ...opts };
-  }
-
-  async #acquire(): Promise<JsonLineClient> {
-    if (this.#closed) throw new PrmuxError(ErrorCode.CLOSED, 'Cannot run a SAN command: the backend is closed');
-    const idle = this.#idle.pop();
-    if (idle !== undefined) return idle;
-    if (this.#open < this.#opts.maxConnections) {
-      this.#open++;
-      return new JsonLineClient(this.#opts.socketPath, this.#opts.timeoutMs + 5000);
-    }
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-
-  #release(c: JsonLineClient): void {
-    const w = this.#waiters.shift();
-    if (w !== undefined) w(c);
-    else if (this.#closed) c.close();
-    else this.#idle.push(c);
+    this.#io = new SanPathIo({ socketPath: opts.socketPath });
+    this.#timeoutMs = opts.timeoutMs;
   }
 
   async execute(cmd: PrCommand): Promise<HelperAnswer> {
     const t = cmd.target;
     const dev = t.kind === 'san-path' ? t.dev : t.kind === 'san-map' ? `mapper/${t.map}` : null;
     if (dev === null) throw new PrmuxError(ErrorCode.DEVICE, `Cannot run on the simulated SAN: target ${t.kind} is not a SAN device`);
-    const client = await this.#acquire();
-    try {
-      const reply = await client.request({ op: 'exec', dev, cdb: hex(cmd.cdb), data: cmd.dataOut === null ? '' : hex(cmd.dataOut), timeoutMs: this.#opts.timeoutMs });
-      if (reply['ok'] !== true) throw new PrmuxError(ErrorCode.SAN, `Cannot run on ${dev}: ${String(reply['error'])}`);
-      const answer = answerFromOutcome(outcomeFromJson(reply['outcome']));
-      return answer.data.length > cmd.allocationLength ? { ...answer, data: answer.data.subarray(0, cmd.allocationLength) } : answer;
-    } finally {
-      this.#release(client);
-    }
+    return answerFromOutcome(await this.#io.execDevice(dev, cmd.cdb, cmd.dataOut, cmd.allocationLength, this.#timeoutMs));
   }
 
   close(): void {
-    this.#closed = true;
-    for (const c of this.#idle.splice(0)) c.close();
+    this.#io.close();
   }
 }

@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { type EngineEvent, type EngineStore, type FanoutFn, MultipathEngine } from '../../src/fanout/engine.js';
-import { executeOnMap } from '../../src/fanout/fanout.js';
 import { emptyIntent, type MapIntent } from '../../src/fanout/intent.js';
 import { mapKeyOf, MultipathBackend } from '../../src/fanout/multipath-backend.js';
 import type { FanoutResult, MapControl, MapInfo, PathIo } from '../../src/fanout/types.js';

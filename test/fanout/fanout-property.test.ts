@@ -26,7 +26,6 @@ const NODE_KEYS: Readonly<Record<string, readonly bigint[]>> = {
   node1: [0n, 0xa1n, 0xa2n],
   node2: [0n, 0xb1n, 0xb2n],
 };
-const ALL_KEYS: readonly bigint[] = [0n, 0xa1n, 0xa2n, 0xb1n, 0xb2n];
 const MAX_PATHS = 4;
 
 /**

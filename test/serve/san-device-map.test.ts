@@ -10,9 +10,9 @@ import { ErrorCode, PrmuxError } from '../../src/errors.js';
 import { fromHex } from '../../src/scsi/bytes.js';
 import { buildSense } from '../../src/scsi/sense.js';
 import type { ScsiOutcome } from '../../src/scsi/types.js';
-import { outcomeToJson } from '../../src/san/san-server.js';
+import { outcomeFromJson, outcomeToJson } from '../../src/san/outcome-json.js';
 import { type FdInfo, inspectFd } from '../../src/serve/fd-info.js';
-import { SanDeviceMap, outcomeFromJson } from '../../src/serve/san-backend.js';
+import { SanDeviceMap } from '../../src/serve/san-backend.js';
 
 const root = mkdtempSync(join(tmpdir(), 'prmux-san-map-'));
 after(() => rmSync(root, { recursive: true, force: true }));
