@@ -218,28 +218,28 @@ export async function startServe(options: ServeOptions, proc: ServeProcess): Pro
       pidfileWritten = true;
     }
 
+    // -u/-g, resolved once: the state directory's owner, the drop, and the check after it.
+    const credentials = options.user !== undefined || options.group !== undefined ? resolveCredentials(options.user, options.group) : null;
+
     // The key state directory belongs to the user prmux will run as (created before the drop).
     const stateDir = stateDirOf(options);
     if (options.multipath !== 'plain' && !h.dropped) {
       mkdirSync(join(stateDir, 'maps'), { recursive: true, mode: 0o700 });
-      if (options.user !== undefined || options.group !== undefined) {
-        const c = resolveCredentials(options.user, options.group);
-        chownSync(stateDir, c.uid, c.gid);
-        chownSync(join(stateDir, 'maps'), c.uid, c.gid);
+      if (credentials !== null) {
+        chownSync(stateDir, credentials.uid, credentials.gid);
+        chownSync(join(stateDir, 'maps'), credentials.uid, credentials.gid);
       }
     }
 
     // 4. Drop privileges: exec()s this program again; never returns on success.
-    if ((options.user !== undefined || options.group !== undefined) && h.dropped) {
+    if (credentials !== null && h.dropped) {
       // The image after the drop checks that it holds exactly the credentials asked for (file
       // capabilities on the node binary, for one, would have cleared the ambient set at exec).
-      const credentials = resolveCredentials(options.user, options.group);
       const bad = credentialMismatches(parseProcStatus(readFileSync('/proc/self/status', 'utf8')), { credentials, keepCaps: KEPT_CAPABILITIES });
       if (bad.length > 0) fail(`Cannot serve: the privilege drop did not take effect: ${bad.join('; ')}`);
       log.info('running with dropped privileges', { uid: credentials.uid, gid: credentials.gid, keep: KEPT_CAPABILITIES.join(',') });
     }
-    if ((options.user !== undefined || options.group !== undefined) && !h.dropped) {
-      const credentials = resolveCredentials(options.user, options.group);
+    if (credentials !== null && !h.dropped) {
       const keepFds = [listenFd, ...(h.readyFd !== null ? [h.readyFd] : [])];
       const next = handoverEnv(env, { ...h, ownedSocket: owned, pidfileWritten, dropped: true }, listenFd);
       log.info('dropping privileges', { uid: credentials.uid, gid: credentials.gid, keep: KEPT_CAPABILITIES.join(',') });

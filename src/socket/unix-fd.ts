@@ -229,43 +229,30 @@ function sockaddrAbstract(name: string): Buffer {
 
 /** Connect (blocking) to the abstract unix socket `name` with the exact address length; the fd is returned blocking, close-on-exec. */
 export function connectUnixAbstract(name: string): number {
-  const addr = sockaddrAbstract(name);
-  const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) as number;
-  if (fd < 0) throw new SyscallError('socket', errno());
-  for (;;) {
-    if ((c.connect(fd, addr, addr.length) as number) === 0) return fd;
-    const e = errno();
-    if (e === Errno['EINTR']) continue;
-    c.close(fd);
-    throw new SyscallError('connect', e, `to abstract unix socket @${name}`);
-  }
+  return connectBlocking(sockaddrAbstract(name), `abstract unix socket @${name}`);
 }
 
 /** A listening abstract unix socket bound with the exact address length (as multipathd binds), close-on-exec. */
 export function listenUnixAbstract(name: string, backlog: number): number {
-  const addr = sockaddrAbstract(name);
-  const fd = newSocket();
-  if ((c.bind(fd, addr, addr.length) as number) < 0 || (c.listen(fd, backlog) as number) < 0) {
-    const e = errno();
-    c.close(fd);
-    throw new SyscallError('bind', e, `abstract unix socket @${name}`);
-  }
-  return fd;
+  return bindAndListen(sockaddrAbstract(name), backlog, `abstract unix socket @${name}`);
 }
 
 /** A non-blocking, close-on-exec listening socket bound to `path` (which must not exist). */
 export function listenUnix(path: string, backlog: number): number {
-  const addr = sockaddrUn(path);
+  return bindAndListen(sockaddrUn(path), backlog, `unix socket ${path}`);
+}
+
+function bindAndListen(addr: Buffer, backlog: number, what: string): number {
   const fd = newSocket();
   if ((c.bind(fd, addr, addr.length) as number) < 0) {
     const e = errno();
     c.close(fd);
-    throw new SyscallError('bind', e, `unix socket ${path}`);
+    throw new SyscallError('bind', e, what);
   }
   if ((c.listen(fd, backlog) as number) < 0) {
     const e = errno();
     c.close(fd);
-    throw new SyscallError('listen', e, `on unix socket ${path}`);
+    throw new SyscallError('listen', e, `on ${what}`);
   }
   return fd;
 }
@@ -282,18 +269,22 @@ export function acceptConnection(listenFd: number): number {
 
 /** Connect to a unix socket (blocking connect), then make the fd non-blocking. Client side. */
 export function connectUnix(path: string): number {
-  const addr = sockaddrUn(path);
+  const fd = connectBlocking(sockaddrUn(path), `unix socket ${path}`);
+  setNonBlocking(fd);
+  return fd;
+}
+
+/** socket() + blocking connect() (EINTR retried); the fd is blocking, close-on-exec. */
+function connectBlocking(addr: Buffer, what: string): number {
   const fd = c.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) as number;
   if (fd < 0) throw new SyscallError('socket', errno());
   for (;;) {
-    if ((c.connect(fd, addr, addr.length) as number) === 0) break;
+    if ((c.connect(fd, addr, addr.length) as number) === 0) return fd;
     const e = errno();
     if (e === Errno['EINTR']) continue;
     c.close(fd);
-    throw new SyscallError('connect', e, `to unix socket ${path}`);
+    throw new SyscallError('connect', e, `to ${what}`);
   }
-  setNonBlocking(fd);
-  return fd;
 }
 
 export function setNonBlocking(fd: number): void {
